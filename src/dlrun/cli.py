@@ -1,0 +1,83 @@
+"""`dlrun <command> [overrides]`: dispatch only.
+
+Imports nothing heavy: `dlrun --help` must answer in well under a second, so torch, hydra and
+the commands' modules are imported only once a command is chosen.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+COMMANDS = {
+    "train": "train a model from the composed config (a Hydra app: -m, --cfg job, --help, ...)",
+}
+
+USAGE = """usage: dlrun <command> [hydra overrides]
+
+commands:
+{commands}
+
+examples:
+  dlrun train                                   # MLP on the embedded 8x8 digits, on the CPU
+  dlrun train model=lenet optim=sgd optim.lr=0.05
+  dlrun train -m optim=sgd,adam model=mlp,lenet trainer.epochs=1
+  dlrun train --cfg job                         # print the composed config
+  dlrun train --help                            # config groups and their options
+
+Run directories go to outputs/; watch them with: tensorboard --logdir outputs"""
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    return USAGE.format(commands="\n".join(lines))
+
+
+def one_line(exc: BaseException) -> str:
+    """Fold an exception (and the OmegaConf error it wraps, if any) into one line."""
+    parts = [str(exc)]
+    cause = exc.__cause__
+    if cause is not None and str(cause) not in parts[0]:
+        parts.append(str(cause))
+    text = " ".join(line.strip() for part in parts for line in part.splitlines() if line.strip())
+    return text.replace(": ;", ":").rstrip()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return
+    if argv[0] in ("-V", "--version"):
+        from dlrun import __version__
+
+        print(f"dlrun {__version__}")
+        return
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"dlrun: error: unknown command '{command}'; choose one of: {', '.join(COMMANDS)} "
+              "(dlrun --help lists them)", file=sys.stderr)
+        sys.exit(2)
+
+    # Let exceptions reach us instead of Hydra's multi-line report, so a user's mistake prints
+    # as one line. A user who sets HYDRA_FULL_ERROR=1 still gets the full traceback.
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.argv = [f"dlrun {command}", *rest]
+
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from dlrun.errors import UserError
+
+    try:
+        if command == "train":
+            from dlrun.train.app import train_app
+
+            train_app()
+    except (UserError, HydraException, OmegaConfBaseException) as exc:
+        if full_error:
+            raise
+        print(f"dlrun {command}: error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,48 @@
+"""Any array dataset in the Keras npz convention: x_train, y_train, x_test, y_test[, x_val, y_val]."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from dlrun.data.base import InMemoryData, holdout
+from dlrun.errors import UserError
+
+REQUIRED = ("x_train", "y_train", "x_test", "y_test")
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """Read every array of an npz file; refuse pickled objects (loading them could run code)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"data.path: no file '{path}'; pass data.path=/path/to/file.npz")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise UserError(f"data.path: '{path}' is not a readable .npz file ({exc}); write it with numpy.savez") from None
+    except ValueError as exc:  # object arrays need pickle, which we refuse
+        raise UserError(f"data.path: '{path}' holds arrays numpy cannot read without pickle ({exc}); "
+                        "save plain numeric arrays") from None
+
+
+class ArrayData(InMemoryData):
+    def __init__(self, path: str, layout: str = "auto", batch_size: int = 64, eval_batch_size: int = 1024,
+                 val_fraction: float = 0.1, split_seed: int = 0, normalize: bool = True):
+        arrays = read_npz(path)
+        missing = [k for k in REQUIRED if k not in arrays]
+        if missing:
+            raise UserError(f"data.path: '{path}' has no {', '.join(missing)} (it has: {', '.join(arrays) or 'nothing'}); "
+                            f"an npz needs {', '.join(REQUIRED)} and may add x_val, y_val")
+        train = arrays["x_train"], arrays["y_train"]
+        if "x_val" in arrays and "y_val" in arrays:
+            val = arrays["x_val"], arrays["y_val"]
+        else:
+            if len(train[0]) != len(train[1]):
+                raise UserError(f"x_train has {len(train[0])} samples but y_train has {len(train[1])}; they must match")
+            train, val = holdout(*train, val_fraction, split_seed)
+        test = arrays["x_test"], arrays["y_test"]
+        super().__init__(train, val, test, layout=layout, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                         normalize=normalize, name=Path(path).name)

@@ -1,0 +1,30 @@
+"""Multi-layer perceptron: [Linear -> activation -> dropout] * len(hidden) -> Linear."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import nn
+
+from dlrun.errors import UserError
+from dlrun.models.layers import activation as make_activation
+
+
+class MLP(nn.Sequential):
+    def __init__(self, input_shape: Sequence[int], num_outputs: int, hidden: Sequence[int] = (256, 256),
+                 activation: str = "relu", dropout: float = 0.0):
+        if not 0.0 <= dropout < 1.0:
+            raise UserError(f"model.dropout={dropout} must be in [0, 1)")
+        if any(int(h) < 1 for h in hidden):
+            raise UserError(f"model.hidden={list(hidden)} must be positive widths")
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = math.prod(input_shape)
+        for h in hidden:
+            layers += [nn.Linear(width, int(h)), make_activation(activation)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = int(h)
+        layers.append(nn.Linear(width, num_outputs))
+        super().__init__(*layers)
+        self.activation = activation  # read by the initialisers to pick a gain

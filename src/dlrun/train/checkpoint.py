@@ -1,0 +1,77 @@
+"""Checkpoints: written atomically, read with weights_only=True, refused in one line when wrong."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dlrun.errors import UserError
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it.
+
+    A crash or a full disk mid-write leaves the previous checkpoint whole: rename is atomic
+    within one directory.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run directory (meaning its checkpoints/last.pt)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise UserError(f"trainer.resume: no checkpoint at '{path}'; pass a run directory or a .pt file")
+    return path
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Load with weights_only=True: tensors and plain containers only, so no pickled code runs."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint '{path}' holds objects that are not plain weights and was refused "
+                        f"({first}); load only checkpoints written by dlrun") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError(f"checkpoint '{path}' is truncated or corrupt ({type(exc).__name__}); "
+                        "use another checkpoint, e.g. best.pt or an earlier run") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"checkpoint '{path}' is not a dlrun checkpoint (no 'model' entry)")
+    return state
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load weights, or refuse with the first mismatching keys and shapes named."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        details = "; ".join(filter(None, [
+            wrong and "shape (checkpoint vs model): " + ", ".join(wrong[:3]),
+            missing and "missing: " + ", ".join(missing[:3]),
+            unexpected and "unexpected: " + ", ".join(unexpected[:3]),
+        ]))
+        raise UserError(f"checkpoint '{path}' is for another model ({details}); "
+                        "use the model and data overrides the checkpoint was trained with")
+    model.load_state_dict(state)

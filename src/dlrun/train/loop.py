@@ -1,0 +1,315 @@
+"""The notes' minibatch SGD loop: shuffle, step, validate, checkpoint; resumable to the bit on the CPU.
+
+Nothing in the per-step path reads a value back from the device: losses and correct counts are
+summed into one small device tensor and read every `logger.every` steps, so a GPU never waits
+for the host (and a CPU run pays a few tiny kernels per step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlrun.data import InMemoryData, Split
+from dlrun.errors import UserError
+from dlrun.monitor.progress import StepProgress
+from dlrun.monitor.ratios import UpdateRatio
+from dlrun.monitor.tensorboard import RunWriter
+from dlrun.regularization import l2_penalty, penalized_weights
+from dlrun.train import checkpoint
+
+log = logging.getLogger("dlrun")
+
+# For each monitored metric: does bigger mean better?
+MONITORS = {"val/acc": True, "val/loss": False}
+
+
+def plan(n_train: int, batch_size: int, epochs: int, max_steps: int | None) -> tuple[int, int, int]:
+    """(steps per epoch, epochs, total steps); max_steps, when set, decides the other two."""
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    if max_steps:
+        epochs = math.ceil(max_steps / steps_per_epoch)
+    return steps_per_epoch, epochs, max_steps or epochs * steps_per_epoch
+
+
+@dataclass
+class Best:
+    """The best validation result so far, by the monitored metric."""
+
+    epoch: int = 0
+    value: float | None = None
+    val: dict[str, float] = field(default_factory=dict)
+    state: dict[str, torch.Tensor] | None = None  # a CPU copy of the model's weights then
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, data: InMemoryData, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, sched_interval: str, *,
+                 device: torch.device, precision: str, epochs: int, max_steps: int | None,
+                 l2: float, grad_clip: float | None, monitor: str, seed: int,
+                 writer: RunWriter, checkpoint_dir: Path | None, log_every: int, ratio_every: int,
+                 stop_at_epoch: int | None = None, config: dict[str, Any] | None = None):
+        self.model, self.data, self.optimizer, self.scheduler = model, data, optimizer, scheduler
+        self.sched_interval = sched_interval
+        self.device, self.precision = device, precision
+        self.max_steps, self.stop_at_epoch = max_steps, stop_at_epoch
+        self.steps_per_epoch, self.epochs, self.total_steps = plan(len(data.train), data.batch_size, epochs, max_steps)
+        self.l2, self.grad_clip = float(l2), grad_clip
+        self.classification = data.task == "classification"
+        self.loss_fn = F.cross_entropy if self.classification else F.mse_loss
+        if monitor == "auto":
+            monitor = "val/acc" if self.classification else "val/loss"
+        if monitor not in MONITORS or (monitor == "val/acc" and not self.classification):
+            allowed = "val/acc, val/loss" if self.classification else "val/loss (regression has no accuracy)"
+            raise UserError(f"trainer.monitor={monitor!r} is not a metric of this run; use auto, {allowed}")
+        self.monitor, self.maximize = monitor, MONITORS[monitor]
+        self.writer, self.checkpoint_dir, self.config = writer, checkpoint_dir, config or {}
+        self.log_every, self.ratio_every = max(1, int(log_every)), int(ratio_every or 0)
+
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.weights = penalized_weights(model) if self.l2 > 0 else []
+        self.update_ratio = UpdateRatio([(n, p) for n, p in model.named_parameters() if p.requires_grad])
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+        # The shuffle order has its own generator, so it is saved and restored with the run.
+        self.shuffle = torch.Generator().manual_seed(seed)
+
+        self.epoch = 0  # epochs completed
+        self.step = 0   # optimizer steps completed
+        self.best = Best()
+        self.train_samples = 0
+        self.train_seconds = 0.0
+        # Running sums on the device: [loss, data loss, reg loss, correct], read every log_every steps.
+        self.window = torch.zeros(4, device=device)
+        self.window_steps = self.window_samples = 0
+        self.window_start = time.perf_counter()
+        self.epoch_sums = [0.0, 0.0, 0.0, 0.0]
+        self.epoch_steps = self.epoch_samples = 0
+        self.zero = torch.zeros((), device=device)
+        self.progress: StepProgress | None = None
+
+    # ----------------------------------------------------------------------------- training
+    def fit(self) -> str:
+        """Train until the last epoch (or max_steps); returns "finished" or "stopped"."""
+        self.progress = StepProgress(self.total_steps, done=self.step)
+        try:
+            while self.epoch < self.epochs and not self._out_of_steps():
+                self.epoch += 1
+                train_metrics = self.train_epoch()
+                val = self.evaluate(self.data.val)
+                improved = self._track_best(val)
+                if self.sched_interval == "epoch":
+                    self.scheduler.step()
+                self._end_epoch(train_metrics, val, improved)
+                if self.stop_at_epoch is not None and self.epoch >= self.stop_at_epoch and self.epoch < self.epochs:
+                    return "stopped"
+        finally:
+            self.progress.close()
+        return "finished"
+
+    def _out_of_steps(self) -> bool:
+        return self.max_steps is not None and self.step >= self.max_steps
+
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        train, batch_size = self.data.train, self.data.batch_size
+        order = torch.randperm(len(train), generator=self.shuffle).to(self.device, non_blocking=True)
+        started = time.perf_counter()
+        self.epoch_sums, self.epoch_steps, self.epoch_samples = [0.0, 0.0, 0.0, 0.0], 0, 0
+        for start in range(0, len(train), batch_size):
+            if self._out_of_steps():
+                break
+            index = order[start:start + batch_size]
+            self.train_step(train.x[index], train.y[index])
+        self._flush()  # the epoch's last partial window; also syncs, so the timing below is real
+        self.train_seconds += time.perf_counter() - started
+        steps, samples = max(1, self.epoch_steps), max(1, self.epoch_samples)
+        loss, data_loss, reg_loss, correct = self.epoch_sums
+        metrics = {"loss": loss / steps, "data_loss": data_loss / steps, "reg_loss": reg_loss / steps}
+        if self.classification:
+            metrics["acc"] = correct / samples
+        return metrics
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        measure_ratio = self.ratio_every > 0 and self.step % self.ratio_every == 0
+        log_now = (self.step + 1) % self.log_every == 0
+        with self.autocast():
+            out = self.model(x)
+            data_loss = self.loss_fn(out.float(), y)
+        reg_loss = l2_penalty(self.weights, self.l2) if self.weights else self.zero
+        loss = data_loss + reg_loss if self.weights else data_loss
+
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        grad_norm = None
+        if self.grad_clip or log_now:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            if self.grad_clip:
+                grad_norm = nn.utils.clip_grad_norm_(self.params, float(self.grad_clip))
+            else:
+                grad_norm = nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        if measure_ratio:
+            self.update_ratio.snapshot()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if measure_ratio:
+            ratios = self.update_ratio.measure()
+            self.writer.scalars({f"update_ratio/{name}": r for name, r in ratios.items()}, self.step)
+        if self.sched_interval == "step":
+            self.scheduler.step()
+        self.step += 1
+
+        correct = (out.argmax(1) == y).sum() if self.classification else self.zero
+        self.window += torch.stack([loss.detach(), data_loss.detach(), reg_loss.detach(), correct.float()])
+        self.window_steps += 1
+        self.window_samples += len(y)
+        if log_now:
+            self._flush(grad_norm)
+
+    def _flush(self, grad_norm: torch.Tensor | None = None) -> None:
+        """Read the running sums back (one device sync) and log their means."""
+        if self.window_steps == 0:
+            return
+        values = torch.cat([self.window, grad_norm.reshape(1).float()]) if grad_norm is not None else self.window
+        sums = values.tolist()
+        self.window.zero_()
+        steps, samples = self.window_steps, self.window_samples
+        now = time.perf_counter()
+        scalars = {
+            "train/loss": sums[0] / steps,
+            "train/data_loss": sums[1] / steps,
+            "train/reg_loss": sums[2] / steps,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "throughput": samples / max(now - self.window_start, 1e-9),
+        }
+        if self.classification:
+            scalars["train/acc"] = sums[3] / samples
+        if grad_norm is not None:
+            scalars["grad_norm"] = sums[4]
+        self.writer.scalars(scalars, self.step)
+        self.epoch_sums = [a + b for a, b in zip(self.epoch_sums, sums[:4])]
+        self.epoch_steps += steps
+        self.epoch_samples += samples
+        self.train_samples += samples
+        self.window_steps = self.window_samples = 0
+        self.window_start = now
+        if self.progress is not None:
+            self.progress.update(self.step, f"epoch {self.epoch}/{self.epochs}  loss {scalars['train/loss']:.4f}")
+
+    # ---------------------------------------------------------------------------- evaluation
+    @torch.inference_mode()
+    def evaluate(self, split: Split) -> dict[str, float]:
+        """Mean loss (and accuracy) over a whole split, in eval mode; one device sync."""
+        was_training = self.model.training
+        self.model.eval()
+        total_loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        for start in range(0, len(split), self.data.eval_batch_size):
+            x = split.x[start:start + self.data.eval_batch_size]
+            y = split.y[start:start + self.data.eval_batch_size]
+            with self.autocast():
+                out = self.model(x).float()
+            total_loss += self.loss_fn(out, y, reduction="sum")
+            if self.classification:
+                correct += (out.argmax(1) == y).sum()
+        self.model.train(was_training)
+        loss_sum, correct_sum = torch.stack([total_loss, correct]).tolist()
+        # MSE's sum runs over every target; its mean is per element, as F.mse_loss's default.
+        metrics = {"loss": loss_sum / (split.y.numel() if not self.classification else len(split))}
+        if self.classification:
+            metrics["acc"] = correct_sum / len(split)
+        return metrics
+
+    def _track_best(self, val: dict[str, float]) -> bool:
+        value = val[self.monitor.split("/", 1)[1]]
+        if not math.isfinite(value):
+            return False
+        better = self.best.value is None or (value > self.best.value if self.maximize else value < self.best.value)
+        if better:
+            state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.best = Best(epoch=self.epoch, value=value, val=dict(val), state=state)
+        return better
+
+    def _end_epoch(self, train: dict[str, float], val: dict[str, float], improved: bool) -> None:
+        self.writer.scalars({f"val/{k}": v for k, v in val.items()}, self.step)
+        acc = lambda m: f" acc {m['acc']:.4f}" if "acc" in m else ""  # noqa: E731
+        log.info(f"epoch {self.epoch}/{self.epochs}  train loss {train['loss']:.4f}{acc(train)}  "
+                 f"val loss {val['loss']:.4f}{acc(val)}  lr {self.optimizer.param_groups[0]['lr']:.3g}"
+                 + ("  *" if improved else ""))
+        if self.checkpoint_dir is not None:
+            checkpoint.save_atomic(self.state_dict(), self.checkpoint_dir / "last.pt")
+            if improved:
+                checkpoint.save_atomic(self._best_payload(), self.checkpoint_dir / "best.pt")
+
+    # ------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly where this one is."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.epoch,
+            "step": self.step,
+            "best": {"epoch": self.best.epoch, "value": self.best.value, "val": self.best.val},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+                "shuffle": self.shuffle.get_state(),
+            },
+            "train_samples": self.train_samples,
+            "train_seconds": self.train_seconds,
+            "config": self.config,
+        }
+
+    def _best_payload(self) -> dict[str, Any]:
+        return {"model": self.best.state, "epoch": self.best.epoch, "monitor": self.monitor,
+                "value": self.best.value, "val": self.best.val, "config": self.config}
+
+    def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
+        checkpoint.load_model_state(self.model, state["model"], path)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError) as exc:
+            raise UserError(f"checkpoint '{path}' was written with another optimizer or schedule ({exc}); "
+                            "resume with the optim and sched overrides it was trained with") from None
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        best = state["best"]
+        self.best = Best(epoch=best["epoch"], value=best["value"], val=best["val"])
+        best_file = path.parent / "best.pt"
+        if best["value"] is not None and best_file.is_file():
+            self.best.state = checkpoint.load(best_file)["model"]
+            if self.checkpoint_dir is not None:  # the new run directory gets its own copy
+                checkpoint.save_atomic(self._best_payload(), self.checkpoint_dir / "best.pt")
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.shuffle.set_state(state["rng"]["shuffle"])
+        self.train_samples = int(state.get("train_samples", 0))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+
+    def test(self) -> dict[str, float]:
+        """Evaluate the best weights (by the monitored metric) on the test split."""
+        if self.best.state is not None:
+            self.model.load_state_dict(self.best.state)
+        return self.evaluate(self.data.test)

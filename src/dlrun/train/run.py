@@ -1,0 +1,174 @@
+"""One training run, from a composed config to summary.json: what `dlrun train` does per job."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from dlrun import __version__
+from dlrun.errors import UserError
+from dlrun.init import initialize
+from dlrun.monitor.tensorboard import RunWriter, flatten
+from dlrun.optim import build_optimizer, build_scheduler
+from dlrun.train import checkpoint
+from dlrun.train.loop import Trainer, plan
+
+log = logging.getLogger("dlrun")
+
+GROUPS = ("data", "model", "init", "reg", "optim", "sched", "trainer", "logger")
+
+
+def resolve_device(name: str) -> torch.device:
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"trainer.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"trainer.device={name} but no CUDA device is visible; use trainer.device=cpu (or auto)")
+    return device
+
+
+def resolve_precision(precision: Any, device: torch.device) -> str:
+    """auto: bf16 on a CUDA device that supports it, else fp32 (bf16 is ~3x slower on CPUs without it)."""
+    name = {"32": "32", "fp32": "32", "16": "fp16", "fp16": "fp16", "bf16": "bf16", "auto": "auto"}.get(str(precision))
+    if name is None:
+        raise UserError(f"trainer.precision={precision!r} is unknown; use auto, 32, bf16 or fp16")
+    if name == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "32"
+    return name
+
+
+def hyperparameters(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
+    """The run's key choices and values, flat, for HParams and summary.json."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    params: dict[str, Any] = dict(choices)
+    for group in ("model", "init", "reg", "optim", "sched"):
+        params.update(flatten(tree.get(group) or {}, f"{group}."))
+    for key in ("data.batch_size", "trainer.epochs", "trainer.max_steps", "trainer.seed", "trainer.precision"):
+        group, name = key.split(".")
+        value = tree[group].get(name)
+        params[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return params
+
+
+def write_json(obj: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train as `cfg` says, writing everything into `run_dir`; return the summary."""
+    wall_start = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    choices = {k: v for k, v in (choices or {}).items() if not k.startswith("hydra") and v is not None}
+    t = cfg.trainer
+    if t.max_steps is None and int(t.epochs) < 1:
+        raise UserError(f"trainer.epochs={t.epochs} must be >= 1 (or set trainer.max_steps)")
+    if t.max_steps is not None and int(t.max_steps) < 1:
+        raise UserError(f"trainer.max_steps={t.max_steps} must be >= 1")
+    resume_path = checkpoint.resolve(t.resume) if t.resume else None  # fail before any work
+
+    device = resolve_device(t.device)
+    precision = resolve_precision(t.precision, device)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(int(t.seed))
+
+    data = instantiate(cfg.data).to(device)
+    model = instantiate(cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs, _convert_="all")
+    initialize(model, **OmegaConf.to_container(cfg.init, resolve=True))
+    model.to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    optimizer = build_optimizer(cfg.optim, model.parameters())
+
+    _, epochs, total_steps = plan(len(data.train), data.batch_size, int(t.epochs), t.max_steps)
+    scheduler, interval = build_scheduler(cfg.sched, optimizer, epochs, total_steps)
+
+    writer = RunWriter(run_dir / "tb")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        trainer = Trainer(
+            model, data, optimizer, scheduler, interval, device=device, precision=precision,
+            epochs=int(t.epochs), max_steps=t.max_steps, l2=float(cfg.reg.l2), grad_clip=t.grad_clip,
+            monitor=str(t.monitor), seed=int(t.seed), writer=writer,
+            checkpoint_dir=run_dir / "checkpoints" if t.checkpoint else None,
+            log_every=cfg.logger.every, ratio_every=cfg.logger.ratio_every,
+            stop_at_epoch=t.stop_at_epoch, config=config,
+        )
+        log.info(f"data {data.describe()}")
+        log.info(f"model {type(model).__name__} ({n_params:,} parameters) on {device}, precision {precision}, "
+                 f"{trainer.epochs} epochs x {trainer.steps_per_epoch} steps")
+        if resume_path is not None:
+            trainer.load_state_dict(checkpoint.load(resume_path), resume_path)
+            log.info(f"resumed from {resume_path} at epoch {trainer.epoch}, step {trainer.step}")
+
+        status = trainer.fit()
+        test = trainer.test() if status == "finished" else {}
+        wall = time.perf_counter() - wall_start
+        summary = {
+            "status": status,
+            "task": data.task,
+            "test": test,
+            "best": {"epoch": trainer.best.epoch, "monitor": trainer.monitor, "value": trainer.best.value,
+                     "val": trainer.best.val},
+            "epochs": trainer.epoch,
+            "steps": trainer.step,
+            "params": n_params,
+            "samples_per_s": trainer.train_samples / max(trainer.train_seconds, 1e-9),
+            "wall_s": wall,
+            "device": str(device),
+            "precision": precision,
+            "choices": choices,
+            "hparams": hyperparameters(cfg, choices),
+            "dlrun_version": __version__,
+        }
+        if test and cfg.logger.hparams:
+            metrics = {f"test/{k}": v for k, v in test.items()}
+            metrics.update({f"best/val_{k}": v for k, v in trainer.best.val.items()})
+            writer.hparams(summary["hparams"], metrics, trainer.step)
+    finally:
+        writer.close()
+    write_json(summary, run_dir / "summary.json")
+    print_results(summary, run_dir)
+    return summary
+
+
+def print_results(summary: dict[str, Any], run_dir: Path) -> None:
+    from rich import get_console
+    from rich.table import Table
+
+    table = Table(title="dlrun train: results", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    test, best = summary["test"], summary["best"]
+    if summary["status"] != "finished":
+        table.add_row("status", f"{summary['status']} after epoch {summary['epochs']}; "
+                                f"continue with trainer.resume={run_dir}")
+    if "acc" in test:
+        table.add_row("test accuracy", f"{test['acc']:.4f}")
+    if "loss" in test:
+        table.add_row("test loss", f"{test['loss']:.4f}")
+    if best["value"] is not None:
+        table.add_row("best epoch", f"{best['epoch']} ({best['monitor']} {best['value']:.4f})")
+    table.add_row("epochs / steps", f"{summary['epochs']} / {summary['steps']}")
+    table.add_row("parameters", f"{summary['params']:,}")
+    table.add_row("wall time", f"{summary['wall_s']:.1f} s ({summary['samples_per_s']:,.0f} samples/s)")
+    table.add_row("run directory", str(run_dir))
+    table.add_row("tensorboard", f"tensorboard --logdir {run_dir / 'tb'}")
+    get_console().print(table)
+    metrics = "  ".join(f"test {k} {v:.4f}" for k, v in test.items())
+    log.info(f"{summary['status']}: {metrics}  best epoch {best['epoch']}  -> {run_dir / 'summary.json'}")
