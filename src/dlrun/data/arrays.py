@@ -18,6 +18,9 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"data.path: no file '{path}'; pass data.path=/path/to/file.npz")
+    if not zipfile.is_zipfile(path):  # np.load would try to unpickle anything that is not a zip
+        raise UserError(f"data.path: '{path}' is not a readable .npz file (not a zip archive); "
+                        "write it with numpy.savez")
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}

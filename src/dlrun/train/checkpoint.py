@@ -45,12 +45,17 @@ def resolve(path: str | os.PathLike) -> Path:
 
 def load(path: Path) -> dict[str, Any]:
     """Load with weights_only=True: tensors and plain containers only, so no pickled code runs."""
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip; anything else is cut short or foreign
+        raise UserError(f"checkpoint '{path}' is truncated or corrupt (not a torch zip archive); "
+                        "use another checkpoint, e.g. best.pt or an earlier run")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"checkpoint '{path}' holds objects that are not plain weights and was refused "
-                        f"({first}); load only checkpoints written by dlrun") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
+        reason = reason.split(" Please use")[0]
+        raise UserError(f"checkpoint '{path}' holds objects that are not plain weights and was refused, "
+                        f"nothing in it was run ({reason}); load only checkpoints written by dlrun") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise UserError(f"checkpoint '{path}' is truncated or corrupt ({type(exc).__name__}); "
                         "use another checkpoint, e.g. best.pt or an earlier run") from None

@@ -1,0 +1,56 @@
+"""Shared helpers: compose the real config tree and train in-process (no subprocess start-up)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from dlrun.paths import CONFIG_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_config(*overrides: str):
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def train(run_dir: Path, *overrides: str) -> dict:
+    """Run dlrun's training in this process; return summary.json as written to disk."""
+    from dlrun.train.run import train as run_training
+
+    run_training(make_config(*overrides), run_dir, choices={"model": "?"})
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def dlrun(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess, as a user would, without a terminal."""
+    return subprocess.run([sys.executable, "-m", "dlrun", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "120", **(env or {})}, timeout=300)
+
+
+@pytest.fixture
+def npz(tmp_path):
+    """Write a small npz in the Keras convention; returns a function(**arrays) -> path."""
+
+    def write(name: str = "data.npz", **arrays: np.ndarray) -> Path:
+        path = tmp_path / name
+        np.savez(path, **arrays)
+        return path
+
+    return write
+
+
+def blobs(n: int, features: int = 6, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Separable Gaussian blobs: a tiny classification set any model learns in a few steps."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=4.0, size=(classes, features))
+    y = rng.integers(0, classes, size=n)
+    return (centers[y] + rng.normal(size=(n, features))).astype(np.float32), y

@@ -1,0 +1,154 @@
+"""The training loop end to end, in-process on the digits and on npz files the tests write."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from dlrun.errors import UserError
+from dlrun.train import checkpoint
+from tests.conftest import blobs, train
+
+# The summary.json numbers that must not depend on timing.
+NUMBERS = ("status", "test", "best", "epochs", "steps", "params")
+SMALL = ("trainer.epochs=3", "model.hidden=[32]")
+
+
+def numbers(summary):
+    return {k: summary[k] for k in NUMBERS}
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
+    a = train(tmp_path / "a", *SMALL, "model.dropout=0.2")
+    b = train(tmp_path / "b", *SMALL, "model.dropout=0.2")
+    c = train(tmp_path / "c", *SMALL, "model.dropout=0.2", "trainer.seed=1")
+    assert numbers(a) == numbers(b)
+    assert numbers(a)["test"] != numbers(c)["test"]
+    assert a["status"] == "finished" and a["epochs"] == 3 and a["steps"] == 3 * math.ceil(1294 / 64)
+
+
+@pytest.mark.parametrize("recipe", [
+    ("optim=sgd", "sched=step", "sched.step_size=2", "model.dropout=0.3"),
+    ("optim=adam", "sched=cosine", "sched.interval=step", "reg=l2", "model=lenet"),
+])
+def test_stopped_and_resumed_run_ends_exactly_like_an_unbroken_one(tmp_path, recipe):
+    overrides = ("trainer.epochs=4", "logger.every=7", *recipe)
+    whole = train(tmp_path / "whole", *overrides)
+    first = train(tmp_path / "first", *overrides, "trainer.stop_at_epoch=2")
+    assert first["status"] == "stopped" and first["epochs"] == 2 and first["test"] == {}
+    resumed = train(tmp_path / "resumed", *overrides, f"trainer.resume={tmp_path / 'first'}")
+    assert numbers(resumed) == numbers(whole)
+    last_whole = checkpoint.load(tmp_path / "whole/checkpoints/last.pt")
+    last_resumed = checkpoint.load(tmp_path / "resumed/checkpoints/last.pt")
+    for name, tensor in last_whole["model"].items():
+        assert torch.equal(tensor, last_resumed["model"][name]), name
+    assert last_whole["optimizer"]["param_groups"][0]["lr"] == last_resumed["optimizer"]["param_groups"][0]["lr"]
+
+
+def test_run_directory_holds_event_files_with_every_tag_and_hparams(tmp_path):
+    summary = train(tmp_path, "trainer.epochs=2", "logger.every=5", "logger.ratio_every=10", "reg=l2")
+    assert (tmp_path / "checkpoints/last.pt").is_file() and (tmp_path / "checkpoints/best.pt").is_file()
+    tb = tmp_path / "tb"
+    assert [p.is_file() for p in tb.iterdir()] == [True]  # one event file, no stray hparams subfolder
+    events = EventAccumulator(str(tb), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    expected = {"train/loss", "train/data_loss", "train/reg_loss", "train/acc", "val/loss", "val/acc",
+                "lr", "grad_norm", "throughput", "test/acc", "test/loss"}
+    assert expected <= tags
+    ratio_tags = {t for t in tags if t.startswith("update_ratio/")}
+    assert ratio_tags == {f"update_ratio/{i}.{kind}" for i in (1, 3, 5) for kind in ("weight", "bias")}
+    for tag in ratio_tags:
+        values = [e.value for e in events.Scalars(tag)]
+        assert len(values) == 5  # steps 0, 10, 20, 30, 40 of 42
+        assert all(math.isfinite(v) and v > 0 for v in values)
+    # L2 is on: the reg loss is logged and is part of the total loss.
+    reg = [e.value for e in events.Scalars("train/reg_loss")]
+    data = [e.value for e in events.Scalars("train/data_loss")]
+    total = [e.value for e in events.Scalars("train/loss")]
+    assert all(r > 0 for r in reg) and all(abs(t - d - r) < 1e-4 for t, d, r in zip(total, data, reg))
+    assert [e.step for e in events.Scalars("val/acc")] == [21, 42]
+    assert events.Scalars("test/acc")[0].value == pytest.approx(summary["test"]["acc"])
+    hparams = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["optim.lr"].number_value == pytest.approx(1e-3)
+    assert start.session_start_info.hparams["reg.l2"].number_value == pytest.approx(1e-4)
+
+
+def test_max_steps_stops_mid_epoch_and_sizes_the_schedule(tmp_path):
+    summary = train(tmp_path, "trainer.max_steps=30", "sched=cosine", "sched.interval=step")
+    assert summary["steps"] == 30 and summary["epochs"] == 2
+    last = checkpoint.load(tmp_path / "checkpoints/last.pt")
+    assert last["scheduler"]["T_max"] == 30 and last["scheduler"]["last_epoch"] == 30
+    assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_float_targets_train_a_regression_with_mse(npz, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 5)).astype(np.float32)
+    w = rng.normal(size=(5, 2))
+    y = (x @ w).astype(np.float32)
+    path = npz(x_train=x[:200], y_train=y[:200], x_test=x[200:], y_test=y[200:])
+    summary = train(tmp_path / "run", "data=arrays", f"data.path={path}", "trainer.epochs=40", "optim.lr=0.01", "model.hidden=[16]")
+    assert summary["task"] == "regression" and set(summary["test"]) == {"loss"}
+    assert summary["best"]["monitor"] == "val/loss"
+    assert summary["test"]["loss"] < 0.05 * float(y.var())  # a linear map is easy to learn
+
+
+def test_sequences_and_signals_from_npz_train_with_the_mlp(npz, tmp_path):
+    x, y = blobs(120, features=12)
+    path = npz(x_train=x[:100].reshape(100, 3, 4), y_train=y[:100], x_test=x[100:].reshape(20, 3, 4), y_test=y[100:])
+    summary = train(tmp_path / "run", "data=arrays", f"data.path={path}", "data.layout=signal", "trainer.epochs=15")
+    assert summary["test"]["acc"] >= 0.9
+
+
+def test_resume_refuses_missing_corrupt_hostile_and_mismatched_checkpoints(tmp_path):
+    with pytest.raises(UserError, match="no checkpoint at"):
+        train(tmp_path / "a", f"trainer.resume={tmp_path / 'nowhere'}")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00" * 100)
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        checkpoint.load(corrupt)
+
+    class Payload:  # unpickling this would call print: weights_only must refuse it
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"model": Payload()}, hostile)
+    with pytest.raises(UserError, match="refused"):
+        checkpoint.load(hostile)
+
+    train(tmp_path / "small", "trainer.epochs=1", "model.hidden=[8]")
+    with pytest.raises(UserError, match=r"another model .*1.weight \(8, 64\) vs \(16, 64\)"):
+        train(tmp_path / "big", "trainer.epochs=2", "model.hidden=[16]", f"trainer.resume={tmp_path / 'small'}")
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    checkpoint.save_atomic({"model": {"w": torch.ones(2)}}, path)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError):
+        checkpoint.save_atomic({"model": {"w": torch.zeros(2)}}, path)
+    assert torch.equal(checkpoint.load(path)["model"]["w"], torch.ones(2))  # the old one is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_bad_values_fail_before_training(tmp_path):
+    with pytest.raises(UserError, match="optim.lr"):
+        train(tmp_path / "a", "optim.lr=0")
+    with pytest.raises(UserError, match="trainer.epochs"):
+        train(tmp_path / "b", "trainer.epochs=0")
+    with pytest.raises(UserError, match="trainer.precision"):
+        train(tmp_path / "c", "trainer.precision=8")
+    with pytest.raises(UserError, match="trainer.monitor"):
+        train(tmp_path / "d", "trainer.monitor=val/f1")
+    assert not any((tmp_path / d / "summary.json").exists() for d in "abcd")
