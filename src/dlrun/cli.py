@@ -34,14 +34,31 @@ def _usage() -> str:
     return USAGE.format(commands="\n".join(lines))
 
 
+# Lines of Hydra's and OmegaConf's reports that say nothing to a user of the CLI.
+_NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment variable HYDRA_FULL_ERROR")
+
+
 def one_line(exc: BaseException) -> str:
-    """Fold an exception (and the OmegaConf error it wraps, if any) into one line."""
-    parts = [str(exc)]
+    """Fold an exception (and the OmegaConf error it wraps, if any) into one line.
+
+    Hydra's "Available options in 'model':" list becomes "lenet, mlp"; the config search path
+    and OmegaConf's key dumps are dropped.
+    """
+    text = str(exc)
     cause = exc.__cause__
-    if cause is not None and str(cause) not in parts[0]:
-        parts.append(str(cause))
-    text = " ".join(line.strip() for part in parts for line in part.splitlines() if line.strip())
-    return text.replace(": ;", ":").rstrip()
+    if cause is not None and str(cause) not in text:
+        text += "\n" + str(cause)
+    text = text.split("Config search path:")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(_NOISE)]
+    out: list[str] = []
+    for line in lines:
+        if out and out[-1].endswith(":") and out[-1].startswith("Available options"):
+            out[-1] += " " + line
+        elif out and out[-1].startswith("Available options") and not line.endswith(":"):
+            out[-1] += ", " + line
+        else:
+            out.append(line)
+    return "; ".join(out).replace(".;", ";")
 
 
 def main(argv: list[str] | None = None) -> None:

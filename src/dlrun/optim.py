@@ -8,12 +8,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from dlrun.config import number
 from dlrun.errors import UserError
 
 
 def build_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
-    if float(cfg.lr) <= 0:
-        raise UserError(f"optim.lr={cfg.lr} must be > 0")
+    number(cfg, "lr", float, 0, above=True, name="optim.lr")  # named before torch complains
     # _convert_=all: plain lists in param_groups, so checkpoints load with weights_only=True.
     return instantiate(cfg, _convert_="all")(params)
 

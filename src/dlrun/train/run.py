@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dlrun import __version__
+from dlrun.config import number
 from dlrun.errors import UserError
 from dlrun.init import initialize
 from dlrun.monitor.tensorboard import RunWriter, flatten
@@ -62,6 +64,16 @@ def hyperparameters(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
     return params
 
 
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """instantiate(node), letting our own UserError through instead of Hydra's wrapper around it."""
+    try:
+        return instantiate(node, **kwargs, _convert_="all")
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, UserError):
+            raise exc.__cause__ from None
+        raise
+
+
 def write_json(obj: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -75,10 +87,14 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
     run_dir.mkdir(parents=True, exist_ok=True)
     choices = {k: v for k, v in (choices or {}).items() if not k.startswith("hydra") and v is not None}
     t = cfg.trainer
-    if t.max_steps is None and int(t.epochs) < 1:
-        raise UserError(f"trainer.epochs={t.epochs} must be >= 1 (or set trainer.max_steps)")
-    if t.max_steps is not None and int(t.max_steps) < 1:
-        raise UserError(f"trainer.max_steps={t.max_steps} must be >= 1")
+    epochs = number(cfg, "trainer.epochs", int, 1)
+    max_steps = number(cfg, "trainer.max_steps", int, 1, optional=True)
+    seed = number(cfg, "trainer.seed", int)
+    grad_clip = number(cfg, "trainer.grad_clip", float, 0, above=True, optional=True)
+    stop_at_epoch = number(cfg, "trainer.stop_at_epoch", int, 1, optional=True)
+    l2 = number(cfg, "reg.l2", float, 0)
+    log_every = number(cfg, "logger.every", int, 1)
+    ratio_every = number(cfg, "logger.ratio_every", int, 0)
     resume_path = checkpoint.resolve(t.resume) if t.resume else None  # fail before any work
 
     device = resolve_device(t.device)
@@ -86,16 +102,15 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
         torch.backends.cudnn.benchmark = True
-    torch.manual_seed(int(t.seed))
+    torch.manual_seed(seed)
 
-    data = instantiate(cfg.data).to(device)
-    model = instantiate(cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs, _convert_="all")
+    data = build(cfg.data).to(device)
+    model = build(cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs)
     initialize(model, **OmegaConf.to_container(cfg.init, resolve=True))
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     optimizer = build_optimizer(cfg.optim, model.parameters())
-
-    _, epochs, total_steps = plan(len(data.train), data.batch_size, int(t.epochs), t.max_steps)
+    _, epochs, total_steps = plan(len(data.train), data.batch_size, epochs, max_steps)
     scheduler, interval = build_scheduler(cfg.sched, optimizer, epochs, total_steps)
 
     writer = RunWriter(run_dir / "tb")
@@ -103,11 +118,10 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
     try:
         trainer = Trainer(
             model, data, optimizer, scheduler, interval, device=device, precision=precision,
-            epochs=int(t.epochs), max_steps=t.max_steps, l2=float(cfg.reg.l2), grad_clip=t.grad_clip,
-            monitor=str(t.monitor), seed=int(t.seed), writer=writer,
+            epochs=epochs, max_steps=max_steps, l2=l2, grad_clip=grad_clip,
+            monitor=str(t.monitor), seed=seed, writer=writer,
             checkpoint_dir=run_dir / "checkpoints" if t.checkpoint else None,
-            log_every=cfg.logger.every, ratio_every=cfg.logger.ratio_every,
-            stop_at_epoch=t.stop_at_epoch, config=config,
+            log_every=log_every, ratio_every=ratio_every, stop_at_epoch=stop_at_epoch, config=config,
         )
         log.info(f"data {data.describe()}")
         log.info(f"model {type(model).__name__} ({n_params:,} parameters) on {device}, precision {precision}, "
