@@ -141,6 +141,22 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     assert torch.equal(checkpoint.load(path)["model"]["w"], torch.ones(2))  # the old one is intact
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
 
+    # In the background, the failure comes back as one line naming the file and the fix.
+    writer = checkpoint.BackgroundWriter()
+    writer.save({"model": {"w": torch.zeros(2)}}, path)
+    with pytest.raises(UserError, match=r"could not write checkpoint .*last.pt.*No space left.*trainer.checkpoint=false"):
+        writer.close()
+    assert torch.equal(checkpoint.load(path)["model"]["w"], torch.ones(2))
+
+
+def test_background_checkpoint_is_a_snapshot_of_the_moment_it_was_asked_for(tmp_path):
+    weights = torch.ones(1000)
+    writer = checkpoint.BackgroundWriter()
+    writer.save({"model": {"w": weights}}, tmp_path / "a.pt")
+    weights.mul_(5)  # training goes on changing the tensors in place
+    writer.close()
+    assert torch.equal(checkpoint.load(tmp_path / "a.pt")["model"]["w"], torch.ones(1000))
+
 
 def test_bad_values_fail_before_training(tmp_path):
     with pytest.raises(UserError, match="optim.lr"):
@@ -152,3 +168,16 @@ def test_bad_values_fail_before_training(tmp_path):
     with pytest.raises(UserError, match="trainer.monitor"):
         train(tmp_path / "d", "trainer.monitor=val/f1")
     assert not any((tmp_path / d / "summary.json").exists() for d in "abcd")
+
+
+def test_fast_crc_is_tensorboards_masked_crc32c():
+    import os
+
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
+
+    from dlrun.monitor.tensorboard import masked_crc32c, use_fast_crc
+
+    assert use_fast_crc()
+    for size in (0, 1, 7, 8, 100, 4097):
+        data = os.urandom(size)
+        assert masked_crc32c(data) == reference(data)

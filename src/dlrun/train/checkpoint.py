@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,47 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def snapshot(obj: Any) -> Any:
+    """A copy of every tensor in a nested state (on the CPU), so training can go on changing them."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """Writes checkpoints on one worker thread: training waits for a tensor copy, not for the disk.
+
+    Writes happen in the order they were asked for. `wait()` returns once every write asked for
+    so far is on disk, and raises the first failure as one line.
+    """
+
+    def __init__(self):
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlrun-checkpoint")
+        self.pending: list[tuple[Path, Future]] = []
+
+    def save(self, state: dict[str, Any], path: Path) -> None:
+        self.pending.append((path, self.pool.submit(save_atomic, snapshot(state), path)))
+
+    def wait(self) -> None:
+        pending, self.pending = self.pending, []
+        for path, future in pending:
+            try:
+                future.result()
+            except OSError as exc:
+                raise UserError(f"could not write checkpoint '{path}' ({exc.strerror or exc}); the previous one is "
+                                "intact: free some disk space, or set trainer.checkpoint=false") from None
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self.pool.shutdown()
 
 
 def resolve(path: str | os.PathLike) -> Path:

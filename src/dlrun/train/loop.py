@@ -1,8 +1,8 @@
 """The notes' minibatch SGD loop: shuffle, step, validate, checkpoint; resumable to the bit on the CPU.
 
-Nothing in the per-step path reads a value back from the device: losses and correct counts are
-summed into one small device tensor and read every `logger.every` steps, so a GPU never waits
-for the host (and a CPU run pays a few tiny kernels per step).
+Nothing in the per-step path reads a value back from the device. A step keeps its detached loss
+and its predicted classes; every `logger.every` steps they are reduced in a handful of kernels
+and read back with one sync. A GPU never waits for the host, and a CPU step pays one argmax.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ class Trainer:
             raise UserError(f"trainer.monitor={monitor!r} is not a metric of this run; use auto, {allowed}")
         self.monitor, self.maximize = monitor, MONITORS[monitor]
         self.writer, self.checkpoint_dir, self.config = writer, checkpoint_dir, config or {}
+        self.checkpoints = checkpoint.BackgroundWriter()
         self.log_every, self.ratio_every = max(1, int(log_every)), int(ratio_every or 0)
 
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -89,9 +90,12 @@ class Trainer:
         self.best = Best()
         self.train_samples = 0
         self.train_seconds = 0.0
-        # Running sums on the device: [loss, data loss, reg loss, correct], read every log_every steps.
-        self.window = torch.zeros(4, device=device)
-        self.window_steps = self.window_samples = 0
+        # This logging window's per-step losses, predictions and targets, still on the device.
+        self.window_loss: list[torch.Tensor] = []
+        self.window_reg: list[torch.Tensor] = []
+        self.window_pred: list[torch.Tensor] = []
+        self.window_target: list[torch.Tensor] = []
+        self.window_samples = 0
         self.window_start = time.perf_counter()
         self.epoch_sums = [0.0, 0.0, 0.0, 0.0]
         self.epoch_steps = self.epoch_samples = 0
@@ -115,6 +119,7 @@ class Trainer:
                     return "stopped"
         finally:
             self.progress.close()
+            self.checkpoints.close()  # every checkpoint asked for is on disk (or its failure raised)
         return "finished"
 
     def _out_of_steps(self) -> bool:
@@ -146,7 +151,7 @@ class Trainer:
         with self.autocast():
             out = self.model(x)
             data_loss = self.loss_fn(out.float(), y)
-        reg_loss = l2_penalty(self.weights, self.l2) if self.weights else self.zero
+        reg_loss = l2_penalty(self.weights, self.l2) if self.weights else None
         loss = data_loss + reg_loss if self.weights else data_loss
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -176,39 +181,49 @@ class Trainer:
             self.scheduler.step()
         self.step += 1
 
-        correct = (out.argmax(1) == y).sum() if self.classification else self.zero
-        self.window += torch.stack([loss.detach(), data_loss.detach(), reg_loss.detach(), correct.float()])
-        self.window_steps += 1
+        self.window_loss.append(loss.detach())
+        if self.weights:
+            self.window_reg.append(reg_loss.detach())
+        if self.classification:
+            self.window_pred.append(out.argmax(1))
+            self.window_target.append(y)
         self.window_samples += len(y)
         if log_now:
             self._flush(grad_norm)
 
     def _flush(self, grad_norm: torch.Tensor | None = None) -> None:
-        """Read the running sums back (one device sync) and log their means."""
-        if self.window_steps == 0:
+        """Reduce the window on the device, read it back (one sync) and log its means."""
+        steps, samples = len(self.window_loss), self.window_samples
+        if steps == 0:
             return
-        values = torch.cat([self.window, grad_norm.reshape(1).float()]) if grad_norm is not None else self.window
-        sums = values.tolist()
-        self.window.zero_()
-        steps, samples = self.window_steps, self.window_samples
+        totals = [torch.stack(self.window_loss).sum()]
+        totals.append(torch.stack(self.window_reg).sum() if self.window_reg else self.zero)
+        if self.classification:
+            totals.append((torch.cat(self.window_pred) == torch.cat(self.window_target)).sum())
+        if grad_norm is not None:
+            totals.append(grad_norm)
+        values = torch.stack([t.float() for t in totals]).tolist()
+        loss_sum, reg_sum = values[0], values[1]
+        correct = values[2] if self.classification else 0.0
+        self.window_loss, self.window_reg, self.window_pred, self.window_target = [], [], [], []
         now = time.perf_counter()
         scalars = {
-            "train/loss": sums[0] / steps,
-            "train/data_loss": sums[1] / steps,
-            "train/reg_loss": sums[2] / steps,
+            "train/loss": loss_sum / steps,
+            "train/data_loss": (loss_sum - reg_sum) / steps,
+            "train/reg_loss": reg_sum / steps,
             "lr": self.optimizer.param_groups[0]["lr"],
             "throughput": samples / max(now - self.window_start, 1e-9),
         }
         if self.classification:
-            scalars["train/acc"] = sums[3] / samples
+            scalars["train/acc"] = correct / samples
         if grad_norm is not None:
-            scalars["grad_norm"] = sums[4]
+            scalars["grad_norm"] = values[-1]
         self.writer.scalars(scalars, self.step)
-        self.epoch_sums = [a + b for a, b in zip(self.epoch_sums, sums[:4])]
+        self.epoch_sums = [a + b for a, b in zip(self.epoch_sums, (loss_sum, loss_sum - reg_sum, reg_sum, correct))]
         self.epoch_steps += steps
         self.epoch_samples += samples
         self.train_samples += samples
-        self.window_steps = self.window_samples = 0
+        self.window_samples = 0
         self.window_start = now
         if self.progress is not None:
             self.progress.update(self.step, f"epoch {self.epoch}/{self.epochs}  loss {scalars['train/loss']:.4f}")
@@ -254,9 +269,10 @@ class Trainer:
                  f"val loss {val['loss']:.4f}{acc(val)}  lr {self.optimizer.param_groups[0]['lr']:.3g}"
                  + ("  *" if improved else ""))
         if self.checkpoint_dir is not None:
-            checkpoint.save_atomic(self.state_dict(), self.checkpoint_dir / "last.pt")
+            self.checkpoints.wait()  # last epoch's writes: at most one epoch of checkpoints in flight
+            self.checkpoints.save(self.state_dict(), self.checkpoint_dir / "last.pt")
             if improved:
-                checkpoint.save_atomic(self._best_payload(), self.checkpoint_dir / "best.pt")
+                self.checkpoints.save(self._best_payload(), self.checkpoint_dir / "best.pt")
 
     # ------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,108 @@
+"""The `dlrun` command as a user runs it: a subprocess, no terminal."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import dlrun
+
+
+def test_help_lists_commands_without_importing_torch_or_hydra():
+    code = ("import sys; from dlrun.cli import main; main(['--help']); "
+            "heavy = [m for m in ('torch', 'hydra', 'omegaconf', 'tensorboard') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "usage: dlrun <command>" in result.stdout and "  train  " in result.stdout
+
+
+def test_unknown_command_is_one_line_and_exit_2(tmp_path):
+    result = dlrun("frobnicate", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "dlrun: error: unknown command 'frobnicate'; choose one of: train (dlrun --help lists them)"]
+
+
+def test_train_is_a_hydra_app_cfg_job_overrides_and_additions(tmp_path):
+    result = dlrun("train", "--cfg", "job", "model=lenet", "optim=sgd", "optim.lr=0.2", "+trainer.note=hello",
+                   cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "_target_: dlrun.models.lenet.LeNet" in result.stdout
+    assert "_target_: torch.optim.SGD" in result.stdout and "lr: 0.2" in result.stdout
+    assert "note: hello" in result.stdout
+    assert not (tmp_path / "outputs").exists()  # --cfg prints and runs nothing
+    helped = dlrun("train", "--help", cwd=tmp_path)
+    assert helped.returncode == 0 and "model: lenet, mlp" in helped.stdout
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.nonexistent=1", "Could not override 'optim.nonexistent'; To append to your config use +optim.nonexistent=1"),
+    ("model=resnet50", "Could not find 'model/resnet50'; Available options in 'model': lenet, mlp"),
+    ("optim.lr=abc", "optim.lr='abc' must be a number > 0"),
+])
+def test_bad_overrides_are_one_line_and_exit_2(tmp_path, override, message):
+    result = dlrun("train", override, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_bad_data_and_resume_paths_are_one_line_and_touch_nothing(tmp_path):
+    earlier = tmp_path / "outputs" / "earlier"
+    earlier.mkdir(parents=True)
+    (earlier / "summary.json").write_text('{"kept": true}')
+    x = np.zeros((10, 3), np.float32)
+    np.savez(tmp_path / "no_x_train.npz", y_train=np.zeros(10, int), x_test=x, y_test=np.zeros(10, int))
+    np.savez(tmp_path / "short_y.npz", x_train=x, y_train=np.zeros(9, int), x_test=x, y_test=np.zeros(10, int))
+    cases = {
+        ("data=arrays", f"data.path={tmp_path / 'missing.npz'}"): "no file",
+        ("data=arrays", f"data.path={tmp_path / 'no_x_train.npz'}"): "has no x_train",
+        ("data=arrays", f"data.path={tmp_path / 'short_y.npz'}", "data.val_fraction=0.2"): "x_train has 10 samples but y_train has 9",
+        (f"trainer.resume={tmp_path / 'no_such_run'}",): "trainer.resume: no checkpoint at",
+    }
+    for overrides, message in cases.items():
+        result = dlrun("train", *overrides, cwd=tmp_path)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert (earlier / "summary.json").read_text() == '{"kept": true}'
+    assert not list((tmp_path / "outputs").rglob("summary.json"))[1:]  # only the earlier one
+    assert not list((tmp_path / "outputs").rglob("*.pt"))
+
+
+@pytest.mark.slow
+def test_default_train_reaches_95_percent_and_prints_the_results_table(tmp_path):
+    result = dlrun("train", "hydra.run.dir=outputs/custom", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (summary_path,) = (tmp_path / "outputs").rglob("summary.json")
+    assert summary_path == tmp_path / "outputs/custom/summary.json"
+    summary = json.loads(summary_path.read_text())
+    assert summary["status"] == "finished" and summary["test"]["acc"] >= 0.95
+    assert f"test accuracy  │ {summary['test']['acc']:.4f}" in result.stdout
+    run_dir = summary_path.parent
+    assert str(run_dir) in result.stdout and "tensorboard --logdir" in result.stdout
+    for name in (".hydra/config.yaml", "train.log", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run_dir / name).is_file(), name
+    assert "epoch 30/30" in (run_dir / "train.log").read_text()
+    assert summary["choices"]["model"] == "mlp" and summary["choices"]["data"] == "digits"
+
+
+@pytest.mark.slow
+def test_multirun_puts_four_jobs_in_one_sweep_directory(tmp_path):
+    result = dlrun("train", "-m", "optim=sgd,adam", "model=mlp,lenet", "trainer.epochs=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
+    combos = set()
+    for job in jobs:
+        summary = json.loads((job / "summary.json").read_text())
+        combos.add((summary["choices"]["optim"], summary["choices"]["model"]))
+        (event_file,) = (job / "tb").iterdir()
+        events = EventAccumulator(str(event_file))
+        events.Reload()
+        assert "val/acc" in events.Tags()["scalars"]
+    assert combos == {("sgd", "mlp"), ("sgd", "lenet"), ("adam", "mlp"), ("adam", "lenet")}
