@@ -9,7 +9,7 @@ shared machine; the ratio of the best round of each is printed beside it. Both b
 clock and by CPU time (process_time: what a busy neighbour steals from a shared VM does not
 count). 1.0 means no overhead.
 
-    python scripts/bench_overhead.py [--samples 16384] [--epochs 2] [--repeats 11] [overrides ...]
+    python scripts/bench_overhead.py [--samples 16384] [--epochs 2] [--repeats 15] [overrides ...]
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16384)
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("overrides", nargs="*", help="extra dlrun overrides, e.g. logger.every=10")
