@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +107,44 @@ def test_multirun_puts_four_jobs_in_one_sweep_directory(tmp_path):
         events.Reload()
         assert "val/acc" in events.Tags()["scalars"]
     assert combos == {("sgd", "mlp"), ("sgd", "lenet"), ("adam", "mlp"), ("adam", "lenet")}
+
+
+@pytest.mark.slow
+def test_tensorboard_serves_the_run_its_scalars_and_hparams(tmp_path):
+    import shutil
+    import socket
+    import time
+    import urllib.request
+
+    from tests.conftest import train
+
+    train(tmp_path / "outputs" / "run", "trainer.epochs=2", "model.hidden=[16]")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    binary = shutil.which("tensorboard") or str(Path(sys.executable).parent / "tensorboard")
+    server = subprocess.Popen([binary, "--logdir", str(tmp_path / "outputs"), "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def get(path, data=None):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
+
+    try:
+        runs, deadline = [], time.time() + 60
+        while time.time() < deadline and not runs:
+            try:
+                runs = get("/data/runs")
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert runs == ["run/tb"]
+        values = get("/data/plugin/scalars/scalars?run=run/tb&tag=val/acc")
+        assert [step for _, step, _ in values] == [21, 42]
+        experiment = get("/data/plugin/hparams/experiment", data=b'{"experimentName": ""}')
+        assert "optim.lr" in {info["name"] for info in experiment["hparamInfos"]}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
