@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
 
 from dlrun.paths import CONFIG_DIR
 
@@ -18,15 +19,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_config(*overrides: str):
+    """The composed job config and Hydra's group choices, as `dlrun train` would see them."""
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, choices
 
 
 def train(run_dir: Path, *overrides: str) -> dict:
     """Run dlrun's training in this process; return summary.json as written to disk."""
     from dlrun.train.run import train as run_training
 
-    run_training(make_config(*overrides), run_dir, choices={"model": "?"})
+    cfg, choices = make_config(*overrides)
+    run_training(cfg, run_dir, choices=choices)
     return json.loads((run_dir / "summary.json").read_text())
 
 

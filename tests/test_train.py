@@ -29,6 +29,8 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
     assert numbers(a) == numbers(b)
     assert numbers(a)["test"] != numbers(c)["test"]
     assert a["status"] == "finished" and a["epochs"] == 3 and a["steps"] == 3 * math.ceil(1294 / 64)
+    assert a["choices"] == {"data": "digits", "model": "mlp", "init": "default", "reg": "none", "optim": "adam",
+                            "sched": "cosine", "trainer": "default", "logger": "tensorboard"}
 
 
 @pytest.mark.parametrize("recipe", [
@@ -156,6 +158,11 @@ def test_background_checkpoint_is_a_snapshot_of_the_moment_it_was_asked_for(tmp_
     weights.mul_(5)  # training goes on changing the tensors in place
     writer.close()
     assert torch.equal(checkpoint.load(tmp_path / "a.pt")["model"]["w"], torch.ones(1000))
+
+
+def test_a_diverging_run_stops_with_the_notes_advice(tmp_path):
+    with pytest.raises(UserError, match=r"training diverged: the loss is nan by step \d+; the learning rate is likely too high"):
+        train(tmp_path, "optim=sgd", "optim.lr=1e6", "trainer.epochs=2", "logger.every=5")
 
 
 def test_bad_values_fail_before_training(tmp_path):

@@ -204,6 +204,9 @@ class Trainer:
             totals.append(grad_norm)
         values = torch.stack([t.float() for t in totals]).tolist()
         loss_sum, reg_sum = values[0], values[1]
+        if not math.isfinite(loss_sum):  # checked where the value is read anyway: costs nothing
+            raise UserError(f"training diverged: the loss is {loss_sum} by step {self.step}; "
+                            "the learning rate is likely too high (lower optim.lr, or set trainer.grad_clip)")
         correct = values[2] if self.classification else 0.0
         self.window_loss, self.window_reg, self.window_pred, self.window_target = [], [], [], []
         now = time.perf_counter()
