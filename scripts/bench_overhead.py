@@ -1,22 +1,30 @@
 """How much does dlrun's loop cost over a plain hand-written PyTorch loop?
 
-Trains the same MLP on the same in-memory data, in one process, with dlrun's real training
-path (`dlrun.train.run.train`, default logging: TensorBoard scalars, update ratios, per-epoch
-validation and checkpoints) and with a plain loop (shuffle, forward, backward, step, and the
-same per-epoch validation). Each round runs the two back to back; the ratio reported is the
-median over rounds of (dlrun steps/s) / (plain steps/s), which cancels the slow drifts of a
-shared machine; the ratio of the best round of each is printed beside it. Both by the wall
-clock and by CPU time (process_time: what a busy neighbour steals from a shared VM does not
-count). 1.0 means no overhead.
+Trains the same MLP on the same in-memory data, in one process, two ways at once: dlrun's real
+training path (`dlrun.train.run.train` with default logging: TensorBoard scalars, update ratios,
+per-epoch validation and checkpoints) and a plain loop (forward, loss, backward, step, and a
+validation pass per epoch) with its own copy of the model and optimizer.
 
-    python scripts/bench_overhead.py [--samples 16384] [--epochs 2] [--repeats 15] [overrides ...]
+The two are interleaved step by step: beside each of dlrun's steps the plain loop takes one
+step on its own next batch (its own shuffle and gather). On a shared machine whose speed drifts by 2x within seconds, runs
+measured one after the other cannot resolve a few percent; steps measured microseconds apart
+see the same machine. dlrun's time is its whole `fit` minus the plain steps run inside it.
+
+Prints steps/s of each and the ratio dlrun / plain (1.0: no overhead), per repeat and the median.
+
+--calibrate is the A/A run: dlrun's training step is replaced by a second copy of the plain step,
+inside dlrun's loop and through the same harness. Its ratio is what the loop around the step and
+the measurement itself cost; the A/B ratio minus it is what dlrun's step, logging and
+checkpoints add.
+
+    python scripts/bench_overhead.py [--samples 16384] [--epochs 2] [--repeats 5] [--calibrate] [overrides ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +35,6 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 import dlrun.train.loop as loop
-from dlrun.data.arrays import ArrayData
 from dlrun.models.mlp import MLP
 from dlrun.paths import CONFIG_DIR
 from dlrun.train.run import train
@@ -41,42 +48,42 @@ def make_data(path: Path, samples: int, features: int, classes: int) -> None:
     np.savez(path, x_train=x[:samples], y_train=y[:samples], x_test=x[samples:], y_test=y[samples:])
 
 
-class Clock:
-    """Wall and CPU seconds (CPU time leaves out what a busy neighbour on a shared machine steals)."""
+class PlainLoop:
+    """What a user writes by hand, driven one step at a time beside dlrun's loop."""
 
-    def __init__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
+    def __init__(self, trainer: loop.Trainer, hidden: list[int], lr: float, epochs: int):
+        data = trainer.data
+        self.model = MLP(data.input_shape, data.num_outputs, hidden=hidden)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs)
+        self.train, self.val, self.batch_size = data.train, data.val, data.batch_size
+        self.generator = torch.Generator().manual_seed(1)
+        self.epoch = 0
+        self.seconds = 0.0
 
-    def read(self) -> tuple[float, float]:
-        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+    def step(self, epoch: int) -> None:
+        """One step on its own next batch (its own shuffle and gather, as a hand-written loop has)."""
+        start = time.perf_counter()
+        if epoch != self.epoch:  # a new epoch: validate the last one, step the schedule, reshuffle
+            if self.epoch:
+                self.end_epoch()
+            self.epoch, self.position = epoch, 0
+            self.order = torch.randperm(len(self.train), generator=self.generator)
+        index = self.order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        x, y = self.train.x[index], self.train.y[index]
+        loss = F.cross_entropy(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.seconds += time.perf_counter() - start
 
-
-def plain_loop(data: ArrayData, hidden: list[int], epochs: int, lr: float, seed: int) -> tuple[int, tuple[float, float]]:
-    """What a user writes by hand: the yardstick."""
-    torch.manual_seed(seed)
-    model = MLP(data.input_shape, data.num_outputs, hidden=hidden)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    generator = torch.Generator().manual_seed(seed)
-    x, y, bs = data.train.x, data.train.y, data.batch_size
-    steps = 0
-    clock = Clock()
-    for _ in range(epochs):
-        model.train()
-        order = torch.randperm(len(x), generator=generator)
-        for i in range(0, len(x), bs):
-            index = order[i:i + bs]
-            loss = F.cross_entropy(model(x[index]), y[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            steps += 1
-        scheduler.step()
-        model.eval()
+    def end_epoch(self) -> None:
+        self.model.eval()
         with torch.inference_mode():
-            val_loss = F.cross_entropy(model(data.val.x), data.val.y).item()
-    assert math.isfinite(val_loss)
-    return steps, clock.read()
+            F.cross_entropy(self.model(self.val.x), self.val.y).item()
+        self.scheduler.step()
+        self.model.train()
 
 
 def main() -> None:
@@ -84,25 +91,43 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16384)
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--calibrate", action="store_true", help="A/A: dlrun's step replaced by a plain step")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("overrides", nargs="*", help="extra dlrun overrides, e.g. logger.every=10")
     args = parser.parse_args()
-
     if args.threads:
         torch.set_num_threads(args.threads)
-    fit_seconds: list[tuple[float, float]] = []
-    original_fit = loop.Trainer.fit
 
-    def timed_fit(self):  # time exactly the training loop, not the set-up around it
-        clock = Clock()
+    runs: list[dict[str, float]] = []
+    original_fit, original_step = loop.Trainer.fit, loop.Trainer.train_step
+
+    def fit(self):
+        self.plain = PlainLoop(self, hidden, lr, self.epochs)
+        start = time.perf_counter()
         try:
             return original_fit(self)
         finally:
-            fit_seconds.append(clock.read())
+            dlrun_seconds = time.perf_counter() - start - self.plain.seconds
+            last = time.perf_counter()
+            self.plain.end_epoch()  # the plain loop's last validation, outside dlrun's time
+            plain_seconds = self.plain.seconds + time.perf_counter() - last
+            runs.append({"steps": self.step, "plain": self.step / plain_seconds, "dlrun": self.step / dlrun_seconds})
 
-    loop.Trainer.fit = timed_fit
+    def train_step(self, x, y):
+        self.plain.step(self.epoch)
+        if args.calibrate:  # A/A: the same plain step again, with its own model, in dlrun's place
+            if not hasattr(self, "twin"):
+                self.twin = PlainLoop(self, hidden, lr, self.epochs)
+            self.twin.step(self.epoch)
+            self.step += 1
+        else:
+            original_step(self, x, y)
+
+    loop.Trainer.fit, loop.Trainer.train_step = fit, train_step
+    if args.calibrate:
+        loop.Trainer._flush = lambda self, grad_norm=None: None  # nothing of dlrun's is logged
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.npz"
         make_data(path, args.samples, args.features, 10)
@@ -110,34 +135,23 @@ def main() -> None:
                      "optim=adam", "sched=cosine", *args.overrides]
         with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
             cfg = compose("train", overrides=overrides)
-        data = ArrayData(str(path), batch_size=cfg.data.batch_size)
-        hidden = list(cfg.model.hidden)
-        plain, ours = [], []
-        for repeat in range(args.repeats + 1):  # the first round warms both up and is not counted
-            # Alternate which goes first, so neither always gets the warmer or quieter slot.
-            if repeat % 2:
-                steps, seconds = plain_loop(data, hidden, args.epochs, cfg.optim.lr, cfg.trainer.seed)
-            summary = train(cfg, Path(tmp) / f"run{repeat}")
-            if not repeat % 2:
-                steps, seconds = plain_loop(data, hidden, args.epochs, cfg.optim.lr, cfg.trainer.seed)
-            assert summary["steps"] == steps, (summary["steps"], steps)
-            if repeat:
-                plain.append([steps / t for t in seconds])
-                ours.append([steps / t for t in fit_seconds[-1]])
+        hidden, lr = list(cfg.model.hidden), float(cfg.optim.lr)
+        for repeat in range(args.repeats + 1):  # the first run warms both up and is not counted
+            train(cfg, Path(tmp) / f"run{repeat}")
+    runs = runs[1:]
 
+    ratios = [r["dlrun"] / r["plain"] for r in runs]
     result = {
-        "model": f"MLP {args.features}-{'-'.join(map(str, hidden))}-10", "batch_size": data.batch_size,
-        "steps": steps, "threads": torch.get_num_threads(), "torch": torch.__version__, "overrides": args.overrides,
+        "model": f"MLP {args.features}-{'-'.join(map(str, hidden))}-10", "batch_size": int(cfg.data.batch_size),
+        "steps": runs[0]["steps"], "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "overrides": args.overrides, "calibrate": args.calibrate, "runs": runs, "ratio": statistics.median(ratios),
     }
-    print(f"{result['model']}, batch {data.batch_size}, {steps} steps, {result['threads']} threads, torch {torch.__version__}")
-    for i, clock in enumerate(("wall", "cpu")):
-        p, o = [r[i] for r in plain], [r[i] for r in ours]
-        paired = sorted(b / a for a, b in zip(p, o))
-        result[clock] = {"plain_steps_per_s": max(p), "dlrun_steps_per_s": max(o),
-                         "ratio": paired[len(paired) // 2], "ratio_best_of_each": max(o) / max(p)}
-        print(f"{clock:>4} clock: plain {max(p):7.1f} steps/s, dlrun {max(o):7.1f} steps/s (best rounds); "
-              f"ratio dlrun/plain {result[clock]['ratio']:.3f} (median of {len(paired)} paired rounds; "
-              f"best of each {result[clock]['ratio_best_of_each']:.3f})")
+    print(f"{result['model']}, batch {result['batch_size']}, {result['steps']} steps a run, "
+          f"{result['threads']} threads, torch {torch.__version__}, overrides {args.overrides or 'none'}"
+          + (", A/A calibration: plain step in dlrun's place" if args.calibrate else ""))
+    for r, ratio in zip(runs, ratios):
+        print(f"  plain {r['plain']:7.1f} steps/s   dlrun {r['dlrun']:7.1f} steps/s   ratio {ratio:.3f}")
+    print(f"ratio dlrun/plain: {result['ratio']:.3f} (median of {len(runs)} runs)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -188,3 +188,19 @@ def test_fast_crc_is_tensorboards_masked_crc32c():
     for size in (0, 1, 7, 8, 100, 4097):
         data = os.urandom(size)
         assert masked_crc32c(data) == reference(data)
+
+
+def test_train_accuracy_is_the_same_whether_the_window_keeps_logits_or_predictions(tmp_path, monkeypatch):
+    import dlrun.train.loop as loop
+
+    def train_acc(run_dir):
+        events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+        events.Reload()
+        return [(e.step, e.value) for e in events.Scalars("train/acc")]
+
+    overrides = ("trainer.epochs=2", "logger.every=4", "model.hidden=[16]")
+    train(tmp_path / "logits", *overrides)
+    monkeypatch.setattr(loop, "KEEP_LOGITS", 0)  # every batch is "big": keep each step's argmax
+    train(tmp_path / "argmax", *overrides)
+    assert train_acc(tmp_path / "logits") == train_acc(tmp_path / "argmax")
+    assert len(train_acc(tmp_path / "logits")) == 12  # 5 windows of 4 steps and a last one of 1, twice

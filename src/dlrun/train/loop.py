@@ -1,8 +1,8 @@
 """The notes' minibatch SGD loop: shuffle, step, validate, checkpoint; resumable to the bit on the CPU.
 
-Nothing in the per-step path reads a value back from the device. A step keeps its detached loss
-and its predicted classes; every `logger.every` steps they are reduced in a handful of kernels
-and read back with one sync. A GPU never waits for the host, and a CPU step pays one argmax.
+Nothing in the per-step path reads a value back from the device, or even launches a kernel for
+the logs: a step keeps its detached loss and logits, and every `logger.every` steps the window
+is reduced in a handful of kernels and read back with one sync. A GPU never waits for the host.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ log = logging.getLogger("dlrun")
 
 # For each monitored metric: does bigger mean better?
 MONITORS = {"val/acc": True, "val/loss": False}
+# A logging window keeps whole logits when a batch's are at most this many numbers (then the
+# whole window is one argmax at flush); bigger outputs keep each step's argmax instead.
+KEEP_LOGITS = 1 << 16
 
 
 def plan(n_train: int, batch_size: int, epochs: int, max_steps: int | None) -> tuple[int, int, int]:
@@ -90,10 +93,11 @@ class Trainer:
         self.best = Best()
         self.train_samples = 0
         self.train_seconds = 0.0
-        # This logging window's per-step losses, predictions and targets, still on the device.
+        # This logging window's per-step losses, logits (or predictions) and targets, on the device.
         self.window_loss: list[torch.Tensor] = []
         self.window_reg: list[torch.Tensor] = []
         self.window_pred: list[torch.Tensor] = []
+        self.keep_logits = True
         self.window_target: list[torch.Tensor] = []
         self.window_samples = 0
         self.window_start = time.perf_counter()
@@ -185,7 +189,10 @@ class Trainer:
         if self.weights:
             self.window_reg.append(reg_loss.detach())
         if self.classification:
-            self.window_pred.append(out.argmax(1))
+            if self.keep_logits and out.numel() > KEEP_LOGITS:
+                self.keep_logits = False
+                self.window_pred = [logits.argmax(1) for logits in self.window_pred]
+            self.window_pred.append(out.detach() if self.keep_logits else out.argmax(1))
             self.window_target.append(y)
         self.window_samples += len(y)
         if log_now:
@@ -199,7 +206,10 @@ class Trainer:
         totals = [torch.stack(self.window_loss).sum()]
         totals.append(torch.stack(self.window_reg).sum() if self.window_reg else self.zero)
         if self.classification:
-            totals.append((torch.cat(self.window_pred) == torch.cat(self.window_target)).sum())
+            predicted = torch.cat(self.window_pred)
+            if self.keep_logits:
+                predicted = predicted.argmax(1)
+            totals.append((predicted == torch.cat(self.window_target)).sum())
         if grad_norm is not None:
             totals.append(grad_norm)
         values = torch.stack([t.float() for t in totals]).tolist()
