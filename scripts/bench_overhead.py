@@ -6,11 +6,17 @@ per-epoch validation and checkpoints) and a plain loop (forward, loss, backward,
 validation pass per epoch) with its own copy of the model and optimizer.
 
 The two are interleaved step by step: beside each of dlrun's steps the plain loop takes one
-step on its own next batch (its own shuffle and gather). On a shared machine whose speed drifts by 2x within seconds, runs
-measured one after the other cannot resolve a few percent; steps measured microseconds apart
-see the same machine. dlrun's time is its whole `fit` minus the plain steps run inside it.
+step on its own next batch (its own shuffle and gather). On a shared machine whose speed drifts
+by 2x within seconds, runs measured one after the other cannot resolve a few percent; steps
+measured microseconds apart see the same machine. Two ratios dlrun / plain (1.0: no overhead):
 
-Prints steps/s of each and the ratio dlrun / plain (1.0: no overhead), per repeat and the median.
+- step path: the time from one training step to the next, within an epoch (loop, batch gather,
+  forward, backward, update, and dlrun's per-step logging: scalars, update ratios, grad norm),
+  against the plain loop's gather and step. This is what logging costs.
+- whole loop: dlrun's whole `fit` (the per-epoch validation, checkpoints and best-weights copy
+  too) against the plain loop's steps and per-epoch validation.
+
+Prints both per run and their medians.
 
 --calibrate is the A/A run: dlrun's training step is replaced by a second copy of the plain step,
 inside dlrun's loop and through the same harness. Its ratio is what the loop around the step and
@@ -59,7 +65,8 @@ class PlainLoop:
         self.train, self.val, self.batch_size = data.train, data.val, data.batch_size
         self.generator = torch.Generator().manual_seed(1)
         self.epoch = 0
-        self.seconds = 0.0
+        self.seconds = 0.0       # everything it did: steps and per-epoch validation
+        self.step_seconds = 0.0  # its steps alone
 
     def step(self, epoch: int) -> None:
         """One step on its own next batch (its own shuffle and gather, as a hand-written loop has)."""
@@ -69,6 +76,7 @@ class PlainLoop:
                 self.end_epoch()
             self.epoch, self.position = epoch, 0
             self.order = torch.randperm(len(self.train), generator=self.generator)
+        step_start = time.perf_counter()
         index = self.order[self.position:self.position + self.batch_size]
         self.position += self.batch_size
         x, y = self.train.x[index], self.train.y[index]
@@ -76,7 +84,9 @@ class PlainLoop:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self.seconds += time.perf_counter() - start
+        end = time.perf_counter()
+        self.seconds += end - start
+        self.step_seconds += end - step_start
 
     def end_epoch(self) -> None:
         self.model.eval()
@@ -105,6 +115,7 @@ def main() -> None:
 
     def fit(self):
         self.plain = PlainLoop(self, hidden, lr, self.epochs)
+        self.step_seconds, self.last_step_end, self.last_step_epoch = 0.0, None, None
         start = time.perf_counter()
         try:
             return original_fit(self)
@@ -113,10 +124,22 @@ def main() -> None:
             last = time.perf_counter()
             self.plain.end_epoch()  # the plain loop's last validation, outside dlrun's time
             plain_seconds = self.plain.seconds + time.perf_counter() - last
-            runs.append({"steps": self.step, "plain": self.step / plain_seconds, "dlrun": self.step / dlrun_seconds})
+            runs.append({"steps": self.step, "plain": self.step / plain_seconds, "dlrun": self.step / dlrun_seconds,
+                         "plain_step": self.step / self.plain.step_seconds, "dlrun_step": self.step / self.step_seconds})
 
     def train_step(self, x, y):
+        # dlrun's step path: from the end of its last step to here (the loop, the batch gather)...
+        now = time.perf_counter()
+        if self.last_step_epoch == self.epoch:
+            self.step_seconds += now - self.last_step_end
         self.plain.step(self.epoch)
+        start = time.perf_counter()
+        self._step_with_logging(x, y)
+        # ...plus the step itself. An epoch's first step leaves out the epoch's end before it.
+        self.last_step_end, self.last_step_epoch = time.perf_counter(), self.epoch
+        self.step_seconds += self.last_step_end - start
+
+    def step_with_logging(self, x, y):
         if args.calibrate:  # A/A: the same plain step again, with its own model, in dlrun's place
             if not hasattr(self, "twin"):
                 self.twin = PlainLoop(self, hidden, lr, self.epochs)
@@ -125,7 +148,7 @@ def main() -> None:
         else:
             original_step(self, x, y)
 
-    loop.Trainer.fit, loop.Trainer.train_step = fit, train_step
+    loop.Trainer.fit, loop.Trainer.train_step, loop.Trainer._step_with_logging = fit, train_step, step_with_logging
     if args.calibrate:
         loop.Trainer._flush = lambda self, grad_norm=None: None  # nothing of dlrun's is logged
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,22 +159,26 @@ def main() -> None:
         with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
             cfg = compose("train", overrides=overrides)
         hidden, lr = list(cfg.model.hidden), float(cfg.optim.lr)
-        for repeat in range(args.repeats + 1):  # the first run warms both up and is not counted
+        for repeat in range(args.repeats + 2):  # the first two runs warm both up and are not counted
             train(cfg, Path(tmp) / f"run{repeat}")
-    runs = runs[1:]
+    runs = runs[2:]
 
     ratios = [r["dlrun"] / r["plain"] for r in runs]
+    step_ratios = [r["dlrun_step"] / r["plain_step"] for r in runs]
     result = {
         "model": f"MLP {args.features}-{'-'.join(map(str, hidden))}-10", "batch_size": int(cfg.data.batch_size),
         "steps": runs[0]["steps"], "threads": torch.get_num_threads(), "torch": torch.__version__,
         "overrides": args.overrides, "calibrate": args.calibrate, "runs": runs, "ratio": statistics.median(ratios),
+        "step_ratio": statistics.median(step_ratios),
     }
     print(f"{result['model']}, batch {result['batch_size']}, {result['steps']} steps a run, "
           f"{result['threads']} threads, torch {torch.__version__}, overrides {args.overrides or 'none'}"
           + (", A/A calibration: plain step in dlrun's place" if args.calibrate else ""))
-    for r, ratio in zip(runs, ratios):
-        print(f"  plain {r['plain']:7.1f} steps/s   dlrun {r['dlrun']:7.1f} steps/s   ratio {ratio:.3f}")
-    print(f"ratio dlrun/plain: {result['ratio']:.3f} (median of {len(runs)} runs)")
+    for r, ratio, step_ratio in zip(runs, ratios, step_ratios):
+        print(f"  step path: plain {r['plain_step']:7.1f} dlrun {r['dlrun_step']:7.1f} steps/s, ratio {step_ratio:.3f}"
+              f"   whole loop: plain {r['plain']:7.1f} dlrun {r['dlrun']:7.1f} steps/s, ratio {ratio:.3f}")
+    print(f"step path  ratio dlrun/plain: {result['step_ratio']:.3f} (median of {len(runs)} runs)")
+    print(f"whole loop ratio dlrun/plain: {result['ratio']:.3f} (median of {len(runs)} runs)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

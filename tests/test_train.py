@@ -160,6 +160,18 @@ def test_background_checkpoint_is_a_snapshot_of_the_moment_it_was_asked_for(tmp_
     assert torch.equal(checkpoint.load(tmp_path / "a.pt")["model"]["w"], torch.ones(1000))
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_paths_train_on_the_cpu(tmp_path, precision):
+    """autocast (and fp16's GradScaler) as a CUDA run uses them; tiny, as bf16 is slow on this CPU."""
+    summary = train(tmp_path, f"trainer.precision={precision}", "trainer.epochs=4", "model.hidden=[32]")
+    assert summary["precision"] == precision
+    assert summary["test"]["acc"] > 0.8  # it learns, in reduced precision
+    last = checkpoint.load(tmp_path / "checkpoints/last.pt")
+    assert (last["scaler"] is not None) == (precision == "fp16")
+    if precision == "fp16":
+        assert last["scaler"]["scale"] > 0
+
+
 def test_a_diverging_run_stops_with_the_notes_advice(tmp_path):
     with pytest.raises(UserError, match=r"training diverged: the loss is nan by step \d+; the learning rate is likely too high"):
         train(tmp_path, "optim=sgd", "optim.lr=1e6", "trainer.epochs=2", "logger.every=5")
