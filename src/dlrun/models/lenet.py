@@ -19,9 +19,10 @@ PAPER_SIZE = 32
 
 
 class LeNet(nn.Module):
-    def __init__(self, input_shape: Sequence[int], num_outputs: int, activation: str = "tanh", pool: str = "avg"):
+    def __init__(self, input_shape: Sequence[int], num_outputs: int, activation: str = "tanh", pool: str = "avg",
+                 layout: str = "image"):
         super().__init__()
-        if len(input_shape) != 3:
+        if layout != "image" or len(input_shape) != 3:
             raise UserError(f"model=lenet needs images (C, H, W); the data gives samples of shape {tuple(input_shape)} "
                             "(pick model=mlp, or data.layout=image)")
         if pool not in ("avg", "max"):

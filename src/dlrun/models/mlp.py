@@ -13,7 +13,8 @@ from dlrun.models.layers import activation as make_activation
 
 class MLP(nn.Sequential):
     def __init__(self, input_shape: Sequence[int], num_outputs: int, hidden: Sequence[int] = (256, 256),
-                 activation: str = "relu", dropout: float = 0.0):
+                 activation: str = "relu", dropout: float = 0.0, layout: str | None = None):
+        # layout is accepted like every model's; an MLP flattens any of them the same way.
         if not 0.0 <= dropout < 1.0:
             raise UserError(f"model.dropout={dropout} must be in [0, 1)")
         if any(int(h) < 1 for h in hidden):

@@ -105,7 +105,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
     torch.manual_seed(seed)
 
     data = build(cfg.data).to(device)
-    model = build(cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs)
+    model = build(cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs, layout=data.layout)
     initialize(model, **OmegaConf.to_container(cfg.init, resolve=True))
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
