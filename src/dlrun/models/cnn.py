@@ -16,6 +16,7 @@ from torch import nn
 
 from dlrun.errors import UserError
 from dlrun.models.layers import activation as make_activation
+from dlrun.models.layers import fully_connected
 
 
 def conv_output_size(width: int, kernel: int, stride: int, padding: int) -> int:
@@ -79,15 +80,8 @@ class CNN(nn.Module):
         self.features = nn.Sequential(*layers)
         self.feature_sizes = trace  # for the log and the tests: the map size after each layer
 
-        head: list[nn.Module] = [nn.Flatten()]
-        width = in_channels * math.prod(sizes)
-        for units in fc:
-            head += [nn.Linear(width, int(units)), make_activation(activation)]
-            if dropout > 0:
-                head.append(nn.Dropout(dropout))
-            width = int(units)
-        head.append(nn.Linear(width, num_outputs))
-        self.classifier = nn.Sequential(*head)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), *fully_connected(in_channels * math.prod(sizes), fc, num_outputs, activation, dropout))
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from dlrun.errors import UserError
-from dlrun.models.layers import activation as make_activation
+from dlrun.models.layers import fully_connected
 
 
 class MLP(nn.Sequential):
@@ -19,13 +19,5 @@ class MLP(nn.Sequential):
             raise UserError(f"model.dropout={dropout} must be in [0, 1)")
         if any(int(h) < 1 for h in hidden):
             raise UserError(f"model.hidden={list(hidden)} must be positive widths")
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = math.prod(input_shape)
-        for h in hidden:
-            layers += [nn.Linear(width, int(h)), make_activation(activation)]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = int(h)
-        layers.append(nn.Linear(width, num_outputs))
-        super().__init__(*layers)
+        super().__init__(nn.Flatten(), *fully_connected(math.prod(input_shape), hidden, num_outputs, activation, dropout))
         self.activation = activation  # read by the initialisers to pick a gain
