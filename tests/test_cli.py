@@ -74,6 +74,14 @@ def test_bad_data_and_resume_paths_are_one_line_and_touch_nothing(tmp_path):
     assert not list((tmp_path / "outputs").rglob("*.pt"))
 
 
+def test_hydra_full_error_still_gives_the_traceback(tmp_path):
+    result = dlrun("train", "data=arrays", f"data.path={tmp_path / 'missing.npz'}", cwd=tmp_path,
+                   env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode != 0
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "dlrun.errors.UserError: data.path: no file" in result.stderr
+
+
 @pytest.mark.slow
 def test_default_train_reaches_95_percent_and_prints_the_results_table(tmp_path):
     result = dlrun("train", "hydra.run.dir=outputs/custom", cwd=tmp_path)

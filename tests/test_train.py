@@ -1,6 +1,5 @@
 """The training loop end to end, in-process on the digits and on npz files the tests write."""
 
-import json
 import math
 
 import numpy as np

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 COMMANDS = {
     "train": "train a model from the composed config (a Hydra app: -m, --cfg job, --help, ...)",
@@ -61,7 +62,20 @@ def one_line(exc: BaseException) -> str:
     return "; ".join(out).replace(".;", ";")
 
 
+# Whether the user asked for tracebacks (HYDRA_FULL_ERROR=1) before dlrun set the variable itself.
+_full_error = False
+
+
+def fail(command: str, exc: BaseException) -> NoReturn:
+    """A user's mistake: one line on stderr and exit 2, or the traceback if they asked for it."""
+    if _full_error:
+        raise exc
+    print(f"dlrun {command}: error: {one_line(exc)}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
+    global _full_error
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -79,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # Let exceptions reach us instead of Hydra's multi-line report, so a user's mistake prints
     # as one line. A user who sets HYDRA_FULL_ERROR=1 still gets the full traceback.
-    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    _full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv = [f"dlrun {command}", *rest]
 
@@ -94,7 +108,4 @@ def main(argv: list[str] | None = None) -> None:
 
             train_app()
     except (UserError, HydraException, OmegaConfBaseException) as exc:
-        if full_error:
-            raise
-        print(f"dlrun {command}: error: {one_line(exc)}", file=sys.stderr)
-        sys.exit(2)
+        fail(command, exc)

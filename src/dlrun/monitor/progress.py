@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from rich import get_console
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
 class StepProgress:
     def __init__(self, total_steps: int, done: int = 0, console: Console | None = None):
-        from rich import get_console
-
         self.console = console or get_console()
         self.bar: Progress | None = None
         if self.console.is_terminal:

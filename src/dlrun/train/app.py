@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
@@ -16,6 +15,7 @@ def train_app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from dlrun.cli import fail
     from dlrun.errors import UserError
     from dlrun.train.run import train
 
@@ -25,7 +25,5 @@ def train_app(cfg: DictConfig) -> float | None:
     except UserError as exc:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # the sweep records this job as failed and goes on with the others
-        # A single run: one line and exit 2 (Hydra would add a line of its own before re-raising).
-        print(f"dlrun train: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        fail("train", exc)  # here, not after Hydra: it would print a line of its own first
     return summary["best"]["value"]  # the monitored metric, for sweepers that optimise it

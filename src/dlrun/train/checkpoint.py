@@ -56,8 +56,9 @@ class BackgroundWriter:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlrun-checkpoint")
         self.pending: list[tuple[Path, Future]] = []
 
-    def save(self, state: dict[str, Any], path: Path) -> None:
-        self.pending.append((path, self.pool.submit(save_atomic, snapshot(state), path)))
+    def save(self, state: dict[str, Any], path: Path, copy: bool = True) -> None:
+        """Queue a write of `state`; copy=False only for a state nothing will change in place."""
+        self.pending.append((path, self.pool.submit(save_atomic, snapshot(state) if copy else state, path)))
 
     def wait(self) -> None:
         pending, self.pending = self.pending, []

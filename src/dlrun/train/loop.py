@@ -97,9 +97,9 @@ class Trainer:
         self.window_loss: list[torch.Tensor] = []
         self.window_reg: list[torch.Tensor] = []
         self.window_pred: list[torch.Tensor] = []
-        self.keep_logits = True
         self.window_target: list[torch.Tensor] = []
         self.window_samples = 0
+        self.keep_logits = True  # window_pred holds logits (argmax at flush) until an output is big
         self.window_start = time.perf_counter()
         self.epoch_sums = [0.0, 0.0, 0.0, 0.0]
         self.epoch_steps = self.epoch_samples = 0
@@ -155,8 +155,11 @@ class Trainer:
         with self.autocast():
             out = self.model(x)
             data_loss = self.loss_fn(out.float(), y)
-        reg_loss = l2_penalty(self.weights, self.l2) if self.weights else None
-        loss = data_loss + reg_loss if self.weights else data_loss
+        loss = data_loss
+        if self.weights:
+            reg_loss = l2_penalty(self.weights, self.l2)
+            loss = data_loss + reg_loss
+            self.window_reg.append(reg_loss.detach())
 
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -186,8 +189,6 @@ class Trainer:
         self.step += 1
 
         self.window_loss.append(loss.detach())
-        if self.weights:
-            self.window_reg.append(reg_loss.detach())
         if self.classification:
             if self.keep_logits and out.numel() > KEEP_LOGITS:
                 self.keep_logits = False
@@ -284,8 +285,8 @@ class Trainer:
         if self.checkpoint_dir is not None:
             self.checkpoints.wait()  # last epoch's writes: at most one epoch of checkpoints in flight
             self.checkpoints.save(self.state_dict(), self.checkpoint_dir / "last.pt")
-            if improved:
-                self.checkpoints.save(self._best_payload(), self.checkpoint_dir / "best.pt")
+            if improved:  # best.state is already a private CPU copy: no second snapshot
+                self.checkpoints.save(self._best_payload(), self.checkpoint_dir / "best.pt", copy=False)
 
     # ------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
