@@ -12,6 +12,7 @@ from typing import NoReturn
 
 COMMANDS = {
     "train": "train a model from the composed config (a Hydra app: -m, --cfg job, --help, ...)",
+    "summary": "print the model's layers, output shapes and parameter counts; trains nothing",
 }
 
 USAGE = """usage: dlrun <command> [hydra overrides]
@@ -25,6 +26,7 @@ examples:
   dlrun train -m optim=sgd,adam model=mlp,lenet trainer.epochs=1
   dlrun train --cfg job                         # print the composed config
   dlrun train --help                            # config groups and their options
+  dlrun summary model=lenet                     # the layers, shapes and parameters; trains nothing
 
 Run directories go to outputs/; watch them with: tensorboard --logdir outputs"""
 
@@ -90,6 +92,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"dlrun: error: unknown command '{command}'; choose one of: {', '.join(COMMANDS)} "
               "(dlrun --help lists them)", file=sys.stderr)
         sys.exit(2)
+    if command == "summary" and ("-h" in rest or "--help" in rest):
+        from dlrun.summary import USAGE  # the module imports torch only when it runs
+
+        print(USAGE)
+        return
 
     # Let exceptions reach us instead of Hydra's multi-line report, so a user's mistake prints
     # as one line. A user who sets HYDRA_FULL_ERROR=1 still gets the full traceback.
@@ -107,5 +114,9 @@ def main(argv: list[str] | None = None) -> None:
             from dlrun.train.app import train_app
 
             train_app()
+        elif command == "summary":
+            from dlrun.summary import main as summary_main
+
+            summary_main(rest)
     except (UserError, HydraException, OmegaConfBaseException) as exc:
         fail(command, exc)
