@@ -25,7 +25,7 @@ def test_unknown_command_is_one_line_and_exit_2(tmp_path):
     result = dlrun("frobnicate", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "dlrun: error: unknown command 'frobnicate'; choose one of: train (dlrun --help lists them)"]
+        "dlrun: error: unknown command 'frobnicate'; choose one of: train, summary (dlrun --help lists them)"]
 
 
 def test_train_is_a_hydra_app_cfg_job_overrides_and_additions(tmp_path):
@@ -37,12 +37,12 @@ def test_train_is_a_hydra_app_cfg_job_overrides_and_additions(tmp_path):
     assert "note: hello" in result.stdout
     assert not (tmp_path / "outputs").exists()  # --cfg prints and runs nothing
     helped = dlrun("train", "--help", cwd=tmp_path)
-    assert helped.returncode == 0 and "model: cnn, gru, lenet, lstm, mlp, rnn" in helped.stdout
+    assert helped.returncode == 0 and "model: alexnet, cnn, googlenet, gru, lenet, lstm, mlp, resnet, rnn, vgg" in helped.stdout
 
 
 @pytest.mark.parametrize("override,message", [
     ("optim.nonexistent=1", "Could not override 'optim.nonexistent'; To append to your config use +optim.nonexistent=1"),
-    ("model=resnet50", "Could not find 'model/resnet50'; Available options in 'model': cnn, gru, lenet, lstm, mlp, rnn"),
+    ("model=resnet50", "Could not find 'model/resnet50'; Available options in 'model': alexnet, cnn, googlenet, gru, lenet, lstm, mlp, resnet, rnn, vgg"),
     ("optim.lr=abc", "optim.lr='abc' must be a number > 0"),
 ])
 def test_bad_overrides_are_one_line_and_exit_2(tmp_path, override, message):

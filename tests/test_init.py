@@ -31,6 +31,15 @@ def test_weight_std_matches_the_published_formula(scheme, activation, expected_s
     assert torch.count_nonzero(first_layer(model).bias) == 0
 
 
+def test_he_gain_follows_the_configured_leaky_slope_and_prelus_initial_slope():
+    for activation, slope in (("leaky_relu", 0.2), ("prelu", 0.25)):
+        torch.manual_seed(0)
+        model = MLP((1000,), 10, hidden=[800], activation=activation, negative_slope=0.2)
+        initialize(model, scheme="he_normal")
+        expected = math.sqrt(2 / (1 + slope**2) / 1000)
+        assert first_layer(model).weight.std().item() == pytest.approx(expected, rel=0.02)
+
+
 def test_he_fan_out_mode_uses_fan_out():
     torch.manual_seed(0)
     model = MLP((1000,), 10, hidden=[500])

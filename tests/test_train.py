@@ -217,12 +217,13 @@ def test_train_accuracy_is_the_same_whether_the_window_keeps_logits_or_predictio
     assert len(train_acc(tmp_path / "logits")) == 12  # 5 windows of 4 steps and a last one of 1, twice
 
 
-def test_cnn_on_the_digits_reaches_97_percent(tmp_path):
-    summary = train(tmp_path, "model=cnn")
-    assert summary["test"]["acc"] >= 0.97
+@pytest.mark.parametrize("model,target", [("cnn", 0.97), ("lstm", 0.95)])
+def test_cnn_and_lstm_on_the_digits_reach_their_targets_with_the_defaults(tmp_path, model, target):
+    summary = train(tmp_path, f"model={model}")  # the LSTM reads the 8 rows as 8 steps of 8 pixels
+    assert summary["test"]["acc"] >= target
 
 
-@pytest.mark.parametrize("model", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("model", ["rnn", "gru"])
 def test_recurrent_models_read_digit_rows_and_train(tmp_path, model):
     summary = train(tmp_path, f"model={model}", "trainer.epochs=10")
-    assert summary["test"]["acc"] > 0.8  # 10 epochs (86-94% here); the full 30-epoch figures are in the README
+    assert summary["test"]["acc"] > 0.8  # 10 epochs; the full 30-epoch figures are in the README

@@ -12,9 +12,9 @@ from torch import nn
 from dlrun.errors import UserError
 
 SCHEMES = ("default", "xavier_uniform", "xavier_normal", "he_normal", "he_uniform")
-# Activations torch has a gain for; the rest are ReLU-like (gelu, silu, elu) and take ReLU's.
+# Activations torch has a gain for; the rest are ReLU-like (gelu, silu, elu, softplus, maxout) and take ReLU's.
 _GAIN_NAMES = {"relu", "leaky_relu", "tanh", "sigmoid", "selu", "linear"}
-_LEAKY_SLOPE = 0.01  # nn.LeakyReLU's default negative slope
+_PRELU_SLOPE = 0.25  # nn.PReLU's initial slope; He et al. 2015 derive their init with it
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -24,8 +24,12 @@ def initialize(model: nn.Module, scheme: str = "default", bias: float | None = N
     if mode not in ("fan_in", "fan_out"):
         raise UserError(f"init.mode={mode!r} must be fan_in or fan_out")
     activation = getattr(model, "activation", "relu")
+    slope = 0.0
+    if activation == "prelu":
+        activation, slope = "leaky_relu", _PRELU_SLOPE
+    elif activation == "leaky_relu":
+        slope = float(getattr(model, "negative_slope", 0.01))
     nonlinearity = activation if activation in _GAIN_NAMES else "relu"
-    slope = _LEAKY_SLOPE if nonlinearity == "leaky_relu" else 0.0
     for module in model.modules():
         if not isinstance(module, _WEIGHTED):
             continue

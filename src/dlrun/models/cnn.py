@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from dlrun.errors import UserError
-from dlrun.models.layers import activation as make_activation
-from dlrun.models.layers import fully_connected
+from dlrun.models.layers import Activation, fully_connected, norm_layer
 
 
 def conv_output_size(width: int, kernel: int, stride: int, padding: int) -> int:
@@ -42,13 +41,15 @@ class CNN(nn.Module):
     def __init__(self, input_shape: Sequence[int], num_outputs: int, layout: str = "image",
                  channels: Sequence[int] = (32, 64), convs_per_block: int = 2, kernel_size: int = 3,
                  stride: int = 1, padding: int = 1, pool: str = "max", pool_size: int = 2,
-                 fc: Sequence[int] = (128,), activation: str = "relu", dropout: float = 0.0):
+                 fc: Sequence[int] = (128,), activation: str = "relu", dropout: float = 0.0, norm: str = "none",
+                 negative_slope: float = 0.01, maxout_pieces: int = 2):
         super().__init__()
         if pool not in ("max", "avg", "none"):
             raise UserError(f"model.pool={pool!r} must be max, avg or none")
         if not 0.0 <= dropout < 1.0:
             raise UserError(f"model.dropout={dropout} must be in [0, 1)")
         self.layout = layout
+        act = Activation(activation, negative_slope, maxout_pieces)
         shape = as_channels_first(input_shape, layout)
         dims = len(shape) - 1
         Conv = nn.Conv2d if dims == 2 else nn.Conv1d
@@ -66,7 +67,10 @@ class CNN(nn.Module):
                     raise UserError(f"model=cnn: block {block} conv {conv} does not fit the {'x'.join(map(str, sizes))} "
                                     f"input: {exc}; sizes so far {' -> '.join(trace)}; change model.kernel_size, "
                                     "model.stride, model.padding or use fewer model.channels") from None
-                layers += [Conv(in_channels, out_channels, kernel_size, stride, padding), make_activation(activation)]
+                # CONV -> norm? -> ACT; a maxout conv makes k channels per output channel.
+                layers.append(Conv(in_channels, out_channels * act.widen, kernel_size, stride, padding))
+                normalise = norm_layer(norm, out_channels * act.widen, dims)
+                layers += [normalise, act.module()] if normalise is not None else [act.module()]
                 in_channels = out_channels
                 trace.append("x".join(map(str, sizes)))
             if Pool is not None:
@@ -81,8 +85,8 @@ class CNN(nn.Module):
         self.feature_sizes = trace  # for the log and the tests: the map size after each layer
 
         self.classifier = nn.Sequential(
-            nn.Flatten(), *fully_connected(in_channels * math.prod(sizes), fc, num_outputs, activation, dropout))
-        self.activation = activation
+            nn.Flatten(), *fully_connected(in_channels * math.prod(sizes), fc, num_outputs, act, dropout))
+        self.activation, self.negative_slope = activation, negative_slope
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout == "features":

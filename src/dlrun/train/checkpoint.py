@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
+import struct
 import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -76,50 +78,116 @@ class BackgroundWriter:
             self.pool.shutdown()
 
 
-def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or a run directory (meaning its checkpoints/last.pt)."""
+# What to do about a bad checkpoint, by the option that named it.
+RESUME_FIX = "use another checkpoint, e.g. best.pt or an earlier run"
+# torch.save's legacy (pre-1.6, non-zip) format starts with this pickle; old torchvision .pth files use it.
+LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)
+
+
+def resolve(path: str | os.PathLike, option: str = "trainer.resume", names: tuple[str, ...] = ("last.pt",),
+            accepts: str = "a run directory or a .pt file") -> Path:
+    """A checkpoint file, or a run directory (meaning the first of `names` in its checkpoints/ folder)."""
     path = Path(path).expanduser()
     if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
+        folder = path / "checkpoints"
+        path = next((folder / name for name in names if (folder / name).is_file()), folder / names[0])
+        if not path.is_file():
+            where = " or ".join(f"'{folder / name}'" for name in names)
+            raise UserError(f"{option}: no checkpoint at {where}; pass {accepts}")
     if not path.is_file():
-        raise UserError(f"trainer.resume: no checkpoint at '{path}'; pass a run directory or a .pt file")
+        raise UserError(f"{option}: no checkpoint at '{path}'; pass {accepts}")
     return path
 
 
-def load(path: Path) -> dict[str, Any]:
-    """Load with weights_only=True: tensors and plain containers only, so no pickled code runs."""
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip; anything else is cut short or foreign
-        raise UserError(f"checkpoint '{path}' is truncated or corrupt (not a torch zip archive); "
-                        "use another checkpoint, e.g. best.pt or an earlier run")
+def _legacy_header_complete(path: Path) -> bool:
+    """Whether a legacy file's pickles (magic, protocol, system info, the object, its storage keys) are whole.
+
+    pickletools only parses the opcodes, running nothing; without this, a file cut inside the
+    object's pickle would be reported as holding a foreign global (a name cut in half).
+    """
+    try:
+        with open(path, "rb") as f:
+            for _ in range(5):
+                for _ in pickletools.genops(f):
+                    pass
+    except Exception:
+        return False
+    return True
+
+
+def load(path: Path, *, state_dict_ok: bool = False, fix: str = RESUME_FIX) -> dict[str, Any]:
+    """Load with weights_only=True: tensors and plain containers only, so no pickled code runs.
+
+    state_dict_ok: also accept a torch.save'd plain state dict (name -> tensor), as torchvision
+    publishes weights, in torch's zip or legacy format; it comes back as {"model": state_dict}.
+    Every refusal is one line naming the file and `fix`.
+    """
+    what = "weights file" if state_dict_ok else "checkpoint"
+    legacy = False
+    if state_dict_ok:
+        try:
+            with open(path, "rb") as f:
+                legacy = f.read(len(LEGACY_MAGIC)) == LEGACY_MAGIC
+        except OSError:
+            pass  # torch.load below names the problem
+    if not (zipfile.is_zipfile(path) or legacy):  # torch.save writes a zip; anything else is cut short or foreign
+        raise UserError(f"{what} '{path}' is truncated or corrupt (not a torch zip archive); {fix}")
+    if legacy and not _legacy_header_complete(path):
+        raise UserError(f"{what} '{path}' is truncated or corrupt (its pickle ends early); {fix}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
         reason = reason.split(" Please use")[0]
-        raise UserError(f"checkpoint '{path}' holds objects that are not plain weights and was refused, "
-                        f"nothing in it was run ({reason}); load only checkpoints written by dlrun") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise UserError(f"checkpoint '{path}' is truncated or corrupt ({type(exc).__name__}); "
-                        "use another checkpoint, e.g. best.pt or an earlier run") from None
-    if not isinstance(state, dict) or "model" not in state:
+        if "Unsupported global" not in reason and legacy:  # a legacy file cut short fails in the unpickler
+            raise UserError(f"{what} '{path}' is truncated or corrupt ({reason}); {fix}") from None
+        written_by = "dlrun or plain state dicts" if state_dict_ok else "dlrun"
+        raise UserError(f"{what} '{path}' holds objects that are not plain weights and was refused, "
+                        f"nothing in it was run ({reason}); load only checkpoints written by {written_by}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, struct.error) as exc:
+        raise UserError(f"{what} '{path}' is truncated or corrupt ({type(exc).__name__}); {fix}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        return state
+    if state_dict_ok and isinstance(state, dict) and state and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        return {"model": dict(state)}
+    if not state_dict_ok:
         raise UserError(f"checkpoint '{path}' is not a dlrun checkpoint (no 'model' entry)")
-    return state
+    keys = ", ".join(map(str, list(state)[:5])) if isinstance(state, dict) else type(state).__name__
+    raise UserError(f"weights file '{path}' is neither a dlrun checkpoint (a 'model' entry) nor a state dict "
+                    f"(names -> tensors); it holds: {keys or 'nothing'}; {fix}")
+
+
+def compare(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """The keys whose shapes differ, the model's keys `state` lacks, and the keys of `state` the model lacks."""
+    wrong = [k for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    return wrong, missing, unexpected
+
+
+def describe_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], wrong: list[str],
+                      missing: list[str], unexpected: list[str], source: str = "checkpoint", first: int = 3) -> str:
+    """'shape (checkpoint vs model): 1.weight (8, 64) vs (16, 64); missing: ...; unexpected: ...'."""
+    def names(keys: list[str]) -> str:
+        return ", ".join(keys[:first]) + (f" (+{len(keys) - first} more)" if len(keys) > first else "")
+
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:first]]
+    return "; ".join(filter(None, [
+        wrong and f"shape ({source} vs model): " + ", ".join(shapes)
+        + (f" (+{len(wrong) - first} more)" if len(wrong) > first else ""),
+        missing and "missing: " + names(missing),
+        unexpected and "unexpected: " + names(unexpected),
+    ]))
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     """Load weights, or refuse with the first mismatching keys and shapes named."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    wrong, missing, unexpected = compare(own, state)
     if missing or unexpected or wrong:
-        details = "; ".join(filter(None, [
-            wrong and "shape (checkpoint vs model): " + ", ".join(wrong[:3]),
-            missing and "missing: " + ", ".join(missing[:3]),
-            unexpected and "unexpected: " + ", ".join(unexpected[:3]),
-        ]))
+        details = describe_mismatch(own, state, wrong, missing, unexpected)
         raise UserError(f"checkpoint '{path}' is for another model ({details}); "
                         "use the model and data overrides the checkpoint was trained with")
     model.load_state_dict(state)

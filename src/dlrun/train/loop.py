@@ -130,7 +130,7 @@ class Trainer:
         return self.max_steps is not None and self.step >= self.max_steps
 
     def train_epoch(self) -> dict[str, float]:
-        self.model.train()
+        self.model.train()  # norm layers frozen by model.freeze stay in eval mode (see dlrun.models.transfer)
         train, batch_size = self.data.train, self.data.batch_size
         order = torch.randperm(len(train), generator=self.shuffle).to(self.device, non_blocking=True)
         started = time.perf_counter()

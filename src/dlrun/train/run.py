@@ -10,14 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dlrun import __version__
+from dlrun.build import build, build_model
 from dlrun.config import number
 from dlrun.errors import UserError
-from dlrun.init import initialize
 from dlrun.monitor.tensorboard import RunWriter, flatten
 from dlrun.optim import build_optimizer, build_scheduler
 from dlrun.train import checkpoint
@@ -64,16 +62,6 @@ def hyperparameters(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
     return params
 
 
-def build(node: DictConfig, **kwargs: Any) -> Any:
-    """instantiate(node), letting our own UserError through instead of Hydra's wrapper around it."""
-    try:
-        return instantiate(node, **kwargs, _convert_="all")
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, UserError):
-            raise exc.__cause__ from None
-        raise
-
-
 def write_json(obj: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -105,11 +93,13 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
     torch.manual_seed(seed)
 
     data = build(cfg.data).to(device)
-    model = build(cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs, layout=data.layout)
-    initialize(model, **OmegaConf.to_container(cfg.init, resolve=True))
+    log.info(f"data {data.describe()}")  # before the model: model.weights and model.freeze log their own lines
+    model = build_model(cfg, data)
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    optimizer = build_optimizer(cfg.optim, model.parameters())
+    trainable = [p for p in model.parameters() if p.requires_grad]  # model.freeze leaves the rest out
+    n_trainable = sum(p.numel() for p in trainable)
+    optimizer = build_optimizer(cfg.optim, trainable)
     _, epochs, total_steps = plan(len(data.train), data.batch_size, epochs, max_steps)
     scheduler, interval = build_scheduler(cfg.sched, optimizer, epochs, total_steps)
 
@@ -123,8 +113,8 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
             checkpoint_dir=run_dir / "checkpoints" if t.checkpoint else None,
             log_every=log_every, ratio_every=ratio_every, stop_at_epoch=stop_at_epoch, config=config,
         )
-        log.info(f"data {data.describe()}")
-        log.info(f"model {type(model).__name__} ({n_params:,} parameters) on {device}, precision {precision}, "
+        counted = f"{n_params:,} parameters" + (f", {n_trainable:,} trainable" if n_trainable != n_params else "")
+        log.info(f"model {type(model).__name__} ({counted}) on {device}, precision {precision}, "
                  f"{trainer.epochs} epochs x {trainer.steps_per_epoch} steps")
         if resume_path is not None:
             trainer.load_state_dict(checkpoint.load(resume_path), resume_path)
@@ -142,6 +132,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
             "epochs": trainer.epoch,
             "steps": trainer.step,
             "params": n_params,
+            "trainable_params": n_trainable,
             "samples_per_s": trainer.train_samples / max(trainer.train_seconds, 1e-9),
             "wall_s": wall,
             "device": str(device),
@@ -179,7 +170,9 @@ def print_results(summary: dict[str, Any], run_dir: Path) -> None:
     if best["value"] is not None:
         table.add_row("best epoch", f"{best['epoch']} ({best['monitor']} {best['value']:.4f})")
     table.add_row("epochs / steps", f"{summary['epochs']} / {summary['steps']}")
-    table.add_row("parameters", f"{summary['params']:,}")
+    trainable = summary.get("trainable_params", summary["params"])
+    table.add_row("parameters", f"{summary['params']:,}"
+                  + (f" ({trainable:,} trainable)" if trainable != summary["params"] else ""))
     table.add_row("wall time", f"{summary['wall_s']:.1f} s ({summary['samples_per_s']:,.0f} samples/s)")
     table.add_row("run directory", str(run_dir))
     table.add_row("tensorboard", f"tensorboard --logdir {run_dir / 'tb'}")

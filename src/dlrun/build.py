@@ -1,0 +1,47 @@
+"""From the composed config to objects: the data and the model, as `dlrun train` and `dlrun summary` build them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from dlrun.errors import UserError
+from dlrun.init import initialize
+
+# Keys of every model config that dlrun reads itself instead of passing to the model's constructor.
+TRANSFER_KEYS = ("weights", "freeze")
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """instantiate(node), letting our own UserError through instead of Hydra's wrapper around it."""
+    try:
+        return instantiate(node, **kwargs, _convert_="all")
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, UserError):
+            raise exc.__cause__ from None
+        raise
+
+
+def split_model_node(node: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
+    """cfg.model without the keys dlrun reads itself (TRANSFER_KEYS), and those keys' values."""
+    node = node.copy()
+    with open_dict(node):
+        options = {key: node.pop(key, None) for key in TRANSFER_KEYS}
+    return node, options
+
+
+def build_model(cfg: DictConfig, data: Any) -> nn.Module:
+    """cfg.model shaped to the data, initialised as cfg.init says, then model.weights and model.freeze applied."""
+    node, options = split_model_node(cfg.model)
+    model = build(node, input_shape=data.input_shape, num_outputs=data.num_outputs, layout=data.layout)
+    initialize(model, **OmegaConf.to_container(cfg.init, resolve=True))
+    from dlrun.models.transfer import freeze, load_weights
+
+    if options["weights"] is not None:
+        load_weights(model, str(options["weights"]), cfg.model)
+    freeze(model, options["freeze"])
+    return model
