@@ -13,6 +13,7 @@ from typing import NoReturn
 COMMANDS = {
     "train": "train a model from the composed config (a Hydra app: -m, --cfg job, --help, ...)",
     "summary": "print the model's layers, output shapes and parameter counts; trains nothing",
+    "check": "sanity checks from the notes (init: activation statistics per init); trains nothing",
 }
 
 USAGE = """usage: dlrun <command> [hydra overrides]
@@ -27,6 +28,7 @@ examples:
   dlrun train --cfg job                         # print the composed config
   dlrun train --help                            # config groups and their options
   dlrun summary model=lenet                     # the layers, shapes and parameters; trains nothing
+  dlrun check init                              # activation statistics through a deep net, per init
 
 Run directories go to outputs/; watch them with: tensorboard --logdir outputs"""
 
@@ -97,6 +99,15 @@ def main(argv: list[str] | None = None) -> None:
 
         print(USAGE)
         return
+    if command == "check" and (not rest or rest[0] in ("-h", "--help", "help") or "-h" in rest or "--help" in rest):
+        from dlrun.check import main as check_main  # the usages are read without torch or Hydra
+        from dlrun.errors import UserError
+
+        try:
+            check_main(rest)
+        except UserError as exc:  # an unknown check's name
+            fail(command, exc)
+        return
 
     # Let exceptions reach us instead of Hydra's multi-line report, so a user's mistake prints
     # as one line. A user who sets HYDRA_FULL_ERROR=1 still gets the full traceback.
@@ -118,5 +129,9 @@ def main(argv: list[str] | None = None) -> None:
             from dlrun.summary import main as summary_main
 
             summary_main(rest)
+        elif command == "check":
+            from dlrun.check import main as check_main
+
+            check_main(rest)
     except (UserError, HydraException, OmegaConfBaseException) as exc:
         fail(command, exc)
