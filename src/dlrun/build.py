@@ -34,9 +34,22 @@ def split_model_node(node: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
     return node, options
 
 
+def apply_reg_dropout(node: DictConfig, cfg: DictConfig) -> None:
+    """reg=dropout sets the model's dropout probability (of dropping, PyTorch's convention)."""
+    p = OmegaConf.select(cfg, "reg.dropout")
+    if p is None:
+        return
+    if "dropout" not in node:
+        raise UserError(f"reg=dropout: this model has no dropout setting (model._target_={node.get('_target_')}); "
+                        "use a model with model.dropout (mlp, cnn, alexnet, vgg, googlenet, rnn, lstm, gru)")
+    with open_dict(node):
+        node.dropout = p
+
+
 def build_model(cfg: DictConfig, data: Any) -> nn.Module:
     """cfg.model shaped to the data, initialised as cfg.init says, then model.weights and model.freeze applied."""
     node, options = split_model_node(cfg.model)
+    apply_reg_dropout(node, cfg)
     model = build(node, input_shape=data.input_shape, num_outputs=data.num_outputs, layout=data.layout)
     initialize(model, **OmegaConf.to_container(cfg.init, resolve=True))
     from dlrun.models.transfer import freeze, load_weights

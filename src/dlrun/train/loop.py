@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dlrun.data import InMemoryData, Split
@@ -24,7 +23,9 @@ from dlrun.errors import UserError
 from dlrun.monitor.progress import StepProgress
 from dlrun.monitor.ratios import UpdateRatio
 from dlrun.monitor.tensorboard import RunWriter
-from dlrun.regularization import l2_penalty, penalized_weights
+from dlrun.optim import after_optimizer_step, after_validation, check_closure_optimizer
+from dlrun.losses import Loss, build_loss
+from dlrun.regularization import Regularization, apply_maxnorm, penalized_weights, penalty
 from dlrun.train import checkpoint
 
 log = logging.getLogger("dlrun")
@@ -34,6 +35,16 @@ MONITORS = {"val/acc": True, "val/loss": False}
 # A logging window keeps whole logits when a batch's are at most this many numbers (then the
 # whole window is one argmax at flush); bigger outputs keep each step's argmax instead.
 KEEP_LOGITS = 1 << 16
+
+
+def resolve_monitor(monitor: str, classification: bool) -> tuple[str, bool]:
+    """trainer.monitor as a metric name (auto: val/acc, or val/loss for regression) and whether bigger is better."""
+    if monitor == "auto":
+        monitor = "val/acc" if classification else "val/loss"
+    if monitor not in MONITORS or (monitor == "val/acc" and not classification):
+        allowed = "val/acc, val/loss" if classification else "val/loss (regression has no accuracy)"
+        raise UserError(f"trainer.monitor={monitor!r} is not a metric of this run; use auto, {allowed}")
+    return monitor, MONITORS[monitor]
 
 
 def plan(n_train: int, batch_size: int, epochs: int, max_steps: int | None) -> tuple[int, int, int]:
@@ -58,31 +69,34 @@ class Trainer:
     def __init__(self, model: nn.Module, data: InMemoryData, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, sched_interval: str, *,
                  device: torch.device, precision: str, epochs: int, max_steps: int | None,
-                 l2: float, grad_clip: float | None, monitor: str, seed: int,
+                 reg: Regularization, grad_clip: float | None, monitor: str, seed: int,
                  writer: RunWriter, checkpoint_dir: Path | None, log_every: int, ratio_every: int,
-                 stop_at_epoch: int | None = None, config: dict[str, Any] | None = None):
+                 stop_at_epoch: int | None = None, config: dict[str, Any] | None = None, loss: Loss | None = None):
         self.model, self.data, self.optimizer, self.scheduler = model, data, optimizer, scheduler
         self.sched_interval = sched_interval
         self.device, self.precision = device, precision
         self.max_steps, self.stop_at_epoch = max_steps, stop_at_epoch
         self.steps_per_epoch, self.epochs, self.total_steps = plan(len(data.train), data.batch_size, epochs, max_steps)
-        self.l2, self.grad_clip = float(l2), grad_clip
+        self.reg, self.grad_clip = reg, grad_clip
         self.classification = data.task == "classification"
-        self.loss_fn = F.cross_entropy if self.classification else F.mse_loss
-        if monitor == "auto":
-            monitor = "val/acc" if self.classification else "val/loss"
-        if monitor not in MONITORS or (monitor == "val/acc" and not self.classification):
-            allowed = "val/acc, val/loss" if self.classification else "val/loss (regression has no accuracy)"
-            raise UserError(f"trainer.monitor={monitor!r} is not a metric of this run; use auto, {allowed}")
-        self.monitor, self.maximize = monitor, MONITORS[monitor]
+        self.loss_fn = loss or build_loss("auto", data.task)
+        self.monitor, self.maximize = resolve_monitor(monitor, self.classification)
         self.writer, self.checkpoint_dir, self.config = writer, checkpoint_dir, config or {}
         self.checkpoints = checkpoint.BackgroundWriter()
         self.log_every, self.ratio_every = max(1, int(log_every)), int(ratio_every or 0)
 
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.weights = penalized_weights(model) if self.l2 > 0 else []
+        self.weights = penalized_weights(model, reg.exclude_bias_and_norm) if reg.penalized else []
+        # reg=maxnorm: every unit's incoming weights (rows of matrices, output channels of kernels).
+        self.constrained = [p for p in self.params if p.ndim > 1] if reg.maxnorm else []
+        self.early_best: float | None = None  # reg=early_stopping: the best monitored value so far
+        self.early_waited = 0                 # and the validations since it last improved by min_delta
         self.update_ratio = UpdateRatio([(n, p) for n, p in model.named_parameters() if p.requires_grad])
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+        # L-BFGS re-evaluates the loss inside its step: it gets a closure (see _closure_step).
+        self.closure_step = isinstance(optimizer, torch.optim.LBFGS)
+        if self.closure_step:
+            check_closure_optimizer(precision, grad_clip)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
         # The shuffle order has its own generator, so it is saved and restored with the run.
@@ -105,6 +119,12 @@ class Trainer:
         self.epoch_steps = self.epoch_samples = 0
         self.zero = torch.zeros((), device=device)
         self.progress: StepProgress | None = None
+        # The lr each optimizer step used, as (step, lr) points for TensorBoard: every step where
+        # it changed, the last step before a change and each epoch's last step, so the curve is
+        # exact and a constant stretch costs two points. Written at the next flush.
+        self.lr_points: list[tuple[int, float]] = []
+        self.lr_last: tuple[int, float] | None = None  # the latest step's (step, lr)
+        self.lr_marked = -1  # the latest step already in lr_points
 
     # ----------------------------------------------------------------------------- training
     def fit(self) -> str:
@@ -116,15 +136,30 @@ class Trainer:
                 train_metrics = self.train_epoch()
                 val = self.evaluate(self.data.val)
                 improved = self._track_best(val)
-                if self.sched_interval == "epoch":
-                    self.scheduler.step()
+                after_validation(self.scheduler, self.sched_interval, val[self.monitor.split("/", 1)[1]])
                 self._end_epoch(train_metrics, val, improved)
+                if self._early_stop(val):
+                    log.info(f"early stopping: {self.monitor} has not improved by more than {self.reg.min_delta:g} "
+                             f"for {self.reg.patience} epochs; testing the best, epoch {self.best.epoch}")
+                    return "early_stopped"
                 if self.stop_at_epoch is not None and self.epoch >= self.stop_at_epoch and self.epoch < self.epochs:
                     return "stopped"
         finally:
             self.progress.close()
             self.checkpoints.close()  # every checkpoint asked for is on disk (or its failure raised)
         return "finished"
+
+    def _early_stop(self, val: dict[str, float]) -> bool:
+        """reg=early_stopping: whether `patience` validations in a row brought no improvement > min_delta."""
+        if self.reg.patience is None:
+            return False
+        value = val[self.monitor.split("/", 1)[1]]
+        gain = (value - self.early_best) * (1 if self.maximize else -1) if self.early_best is not None else math.inf
+        if gain > self.reg.min_delta:
+            self.early_best, self.early_waited = value, 0
+        else:
+            self.early_waited += 1
+        return self.early_waited >= self.reg.patience
 
     def _out_of_steps(self) -> bool:
         return self.max_steps is not None and self.step >= self.max_steps
@@ -140,6 +175,7 @@ class Trainer:
                 break
             index = order[start:start + batch_size]
             self.train_step(train.x[index], train.y[index])
+        self._mark_lr()  # the epoch's last step's lr: constant stretches end at epoch ends
         self._flush()  # the epoch's last partial window; also syncs, so the timing below is real
         self.train_seconds += time.perf_counter() - started
         steps, samples = max(1, self.epoch_steps), max(1, self.epoch_samples)
@@ -152,13 +188,42 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         measure_ratio = self.ratio_every > 0 and self.step % self.ratio_every == 0
         log_now = (self.step + 1) % self.log_every == 0
+        self._record_lr()
+        if self.closure_step:
+            out, loss, grad_norm = self._closure_step(x, y, measure_ratio, log_now)
+        else:
+            out, loss, grad_norm = self._gradient_step(x, y, measure_ratio, log_now)
+        if self.constrained:
+            apply_maxnorm(self.constrained, self.reg.maxnorm)
+        after_optimizer_step(self.scheduler, self.sched_interval)
+        self.step += 1
+
+        self.window_loss.append(loss.detach())
+        if self.classification:
+            if self.keep_logits and out.numel() > KEEP_LOGITS:
+                self.keep_logits = False
+                self.window_pred = [logits.argmax(1) for logits in self.window_pred]
+            self.window_pred.append(out.detach() if self.keep_logits else out.argmax(1))
+            self.window_target.append(y)
+        self.window_samples += len(y)
+        if log_now:
+            self._flush(grad_norm)
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The model's output, the loss to minimise (data loss + penalty) and the penalty alone."""
         with self.autocast():
             out = self.model(x)
             data_loss = self.loss_fn(out.float(), y)
-        loss = data_loss
-        if self.weights:
-            reg_loss = l2_penalty(self.weights, self.l2)
-            loss = data_loss + reg_loss
+        if not self.weights:
+            return out, data_loss, None
+        reg_loss = penalty(self.weights, self.reg.l2, self.reg.l1)
+        return out, data_loss + reg_loss, reg_loss
+
+    def _gradient_step(self, x: torch.Tensor, y: torch.Tensor, measure_ratio: bool,
+                       log_now: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Forward, backward, (unscale, clip,) step: every optimizer but L-BFGS."""
+        out, loss, reg_loss = self._forward(x, y)
+        if reg_loss is not None:
             self.window_reg.append(reg_loss.detach())
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -184,23 +249,58 @@ class Trainer:
         if measure_ratio:
             ratios = self.update_ratio.measure()
             self.writer.scalars({f"update_ratio/{name}": r for name, r in ratios.items()}, self.step)
-        if self.sched_interval == "step":
-            self.scheduler.step()
-        self.step += 1
+        return out, loss, grad_norm
 
-        self.window_loss.append(loss.detach())
-        if self.classification:
-            if self.keep_logits and out.numel() > KEEP_LOGITS:
-                self.keep_logits = False
-                self.window_pred = [logits.argmax(1) for logits in self.window_pred]
-            self.window_pred.append(out.detach() if self.keep_logits else out.argmax(1))
-            self.window_target.append(y)
-        self.window_samples += len(y)
-        if log_now:
-            self._flush(grad_norm)
+    def _closure_step(self, x: torch.Tensor, y: torch.Tensor, measure_ratio: bool,
+                      log_now: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """L-BFGS: optimizer.step(closure), the closure evaluating loss (L2 included) and gradient.
+
+        The step calls it up to optim.max_eval times (it reads each loss back, for its line
+        search); what is logged comes from the first call, the loss and gradient at the weights
+        the step started from, as an SGD step logs them.
+        """
+        first: dict[str, torch.Tensor | None] = {}
+
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            out, loss, reg_loss = self._forward(x, y)
+            loss.backward()
+            if not first:
+                first["out"], first["loss"] = out.detach(), loss.detach()
+                first["reg"] = reg_loss.detach() if reg_loss is not None else None
+                first["grad_norm"] = (nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+                                      if log_now else None)
+            return loss
+
+        if measure_ratio:
+            self.update_ratio.snapshot()
+        self.optimizer.step(closure)
+        if measure_ratio:
+            ratios = self.update_ratio.measure()
+            self.writer.scalars({f"update_ratio/{name}": r for name, r in ratios.items()}, self.step)
+        if first["reg"] is not None:
+            self.window_reg.append(first["reg"])
+        return first["out"], first["loss"], first["grad_norm"]
+
+    def _record_lr(self) -> None:
+        """Note the lr this optimizer step runs at (a host float: no device work)."""
+        step, lr = self.step + 1, self.optimizer.param_groups[0]["lr"]  # step: as train/loss counts it
+        if self.lr_last is None or lr != self.lr_last[1]:
+            self._mark_lr()  # the previous stretch's last step
+            self.lr_points.append((step, lr))
+            self.lr_marked = step
+        self.lr_last = (step, lr)
+
+    def _mark_lr(self) -> None:
+        if self.lr_last is not None and self.lr_last[0] != self.lr_marked:
+            self.lr_points.append(self.lr_last)
+            self.lr_marked = self.lr_last[0]
 
     def _flush(self, grad_norm: torch.Tensor | None = None) -> None:
         """Reduce the window on the device, read it back (one sync) and log its means."""
+        for step, lr in self.lr_points:  # host floats; before the window's event, so steps stay in order
+            self.writer.scalars({"lr": lr}, step)
+        self.lr_points = []
         steps, samples = len(self.window_loss), self.window_samples
         if steps == 0:
             return
@@ -225,7 +325,6 @@ class Trainer:
             "train/loss": loss_sum / steps,
             "train/data_loss": (loss_sum - reg_sum) / steps,
             "train/reg_loss": reg_sum / steps,
-            "lr": self.optimizer.param_groups[0]["lr"],
             "throughput": samples / max(now - self.window_start, 1e-9),
         }
         if self.classification:
@@ -260,8 +359,8 @@ class Trainer:
                 correct += (out.argmax(1) == y).sum()
         self.model.train(was_training)
         loss_sum, correct_sum = torch.stack([total_loss, correct]).tolist()
-        # MSE's sum runs over every target; its mean is per element, as F.mse_loss's default.
-        metrics = {"loss": loss_sum / (split.y.numel() if not self.classification else len(split))}
+        # A mean per example (classification) or per target value (regression), as the losses' defaults.
+        metrics = {"loss": loss_sum / self.loss_fn.count(split.y)}
         if self.classification:
             metrics["acc"] = correct_sum / len(split)
         return metrics
@@ -299,6 +398,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "best": {"epoch": self.best.epoch, "value": self.best.value, "val": self.best.val},
+            "early_stopping": {"best": self.early_best, "waited": self.early_waited},
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
@@ -326,6 +426,8 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         best = state["best"]
         self.best = Best(epoch=best["epoch"], value=best["value"], val=best["val"])
+        early = state.get("early_stopping") or {}
+        self.early_best, self.early_waited = early.get("best"), int(early.get("waited", 0))
         best_file = path.parent / "best.pt"
         if best["value"] is not None and best_file.is_file():
             self.best.state = checkpoint.load(best_file)["model"]

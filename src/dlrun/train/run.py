@@ -16,10 +16,13 @@ from dlrun import __version__
 from dlrun.build import build, build_model
 from dlrun.config import number
 from dlrun.errors import UserError
+from dlrun.losses import build_loss, check_targets
+from dlrun.regularization import parameter_groups, regularization
 from dlrun.monitor.tensorboard import RunWriter, flatten
-from dlrun.optim import build_optimizer, build_scheduler
+from dlrun.optim import (build_optimizer, build_scheduler, check_closure_optimizer, check_optimizer, check_schedule,
+                         uses_closure)
 from dlrun.train import checkpoint
-from dlrun.train.loop import Trainer, plan
+from dlrun.train.loop import Trainer, plan, resolve_monitor
 
 log = logging.getLogger("dlrun")
 
@@ -53,13 +56,21 @@ def hyperparameters(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
     """The run's key choices and values, flat, for HParams and summary.json."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     params: dict[str, Any] = dict(choices)
-    for group in ("model", "init", "reg", "optim", "sched"):
+    for group in ("model", "init", "reg", "loss", "optim", "sched"):
         params.update(flatten(tree.get(group) or {}, f"{group}."))
     for key in ("data.batch_size", "trainer.epochs", "trainer.max_steps", "trainer.seed", "trainer.precision"):
         group, name = key.split(".")
         value = tree[group].get(name)
         params[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return params
+
+
+def loss_setting(cfg: DictConfig, key: str, default: float) -> float:
+    """loss.KEY, else reg.KEY (reg=label_smoothing sets reg.label_smoothing), else the default."""
+    for where in (f"loss.{key}", f"reg.{key}"):
+        if OmegaConf.select(cfg, where):  # unset, null and 0 fall through
+            return number(cfg, where, float)
+    return default
 
 
 def write_json(obj: dict[str, Any], path: Path) -> None:
@@ -80,13 +91,19 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
     seed = number(cfg, "trainer.seed", int)
     grad_clip = number(cfg, "trainer.grad_clip", float, 0, above=True, optional=True)
     stop_at_epoch = number(cfg, "trainer.stop_at_epoch", int, 1, optional=True)
-    l2 = number(cfg, "reg.l2", float, 0)
+    reg = regularization(cfg)
     log_every = number(cfg, "logger.every", int, 1)
     ratio_every = number(cfg, "logger.ratio_every", int, 0)
     resume_path = checkpoint.resolve(t.resume) if t.resume else None  # fail before any work
+    check_optimizer(cfg.optim)  # bad optim= and sched= values, too, before any data is read
+    check_schedule(cfg.sched)
 
     device = resolve_device(t.device)
     precision = resolve_precision(t.precision, device)
+    if uses_closure(cfg.optim):  # L-BFGS
+        if str(t.precision) == "auto":  # its line search compares losses that bf16 rounds to 3 digits
+            precision = "32"
+        check_closure_optimizer(precision, grad_clip)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
         torch.backends.cudnn.benchmark = True
@@ -94,24 +111,32 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
 
     data = build(cfg.data).to(device)
     log.info(f"data {data.describe()}")  # before the model: model.weights and model.freeze log their own lines
+    loss = build_loss(str(cfg.loss.name), data.task, label_smoothing=loss_setting(cfg, "label_smoothing", 0.0),
+                      huber_delta=loss_setting(cfg, "huber_delta", 1.0))
+    for split in ("train", "val", "test"):
+        check_targets(loss, data.splits[split].y, split)
     model = build_model(cfg, data)
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     trainable = [p for p in model.parameters() if p.requires_grad]  # model.freeze leaves the rest out
     n_trainable = sum(p.numel() for p in trainable)
-    optimizer = build_optimizer(cfg.optim, trainable)
+    optimizer = build_optimizer(cfg.optim, parameter_groups(model, reg, str(cfg.optim._target_)))
+    if isinstance(optimizer, torch.optim.LBFGS) and data.batch_size < len(data.train):
+        log.warning(f"optim=lbfgs on minibatches ({data.batch_size} of {len(data.train)} samples): L-BFGS "
+                    f"assumes one fixed objective; for full-batch L-BFGS pass data.batch_size={len(data.train)}")
     _, epochs, total_steps = plan(len(data.train), data.batch_size, epochs, max_steps)
-    scheduler, interval = build_scheduler(cfg.sched, optimizer, epochs, total_steps)
+    _, maximize = resolve_monitor(str(t.monitor), data.task == "classification")  # plateau's mode
+    scheduler, interval = build_scheduler(cfg.sched, optimizer, epochs, total_steps, maximize=maximize)
 
     writer = RunWriter(run_dir / "tb")
     config = OmegaConf.to_container(cfg, resolve=True)
     try:
         trainer = Trainer(
             model, data, optimizer, scheduler, interval, device=device, precision=precision,
-            epochs=epochs, max_steps=max_steps, l2=l2, grad_clip=grad_clip,
+            epochs=epochs, max_steps=max_steps, reg=reg, grad_clip=grad_clip,
             monitor=str(t.monitor), seed=seed, writer=writer,
             checkpoint_dir=run_dir / "checkpoints" if t.checkpoint else None,
-            log_every=log_every, ratio_every=ratio_every, stop_at_epoch=stop_at_epoch, config=config,
+            log_every=log_every, ratio_every=ratio_every, stop_at_epoch=stop_at_epoch, config=config, loss=loss,
         )
         counted = f"{n_params:,} parameters" + (f", {n_trainable:,} trainable" if n_trainable != n_params else "")
         log.info(f"model {type(model).__name__} ({counted}) on {device}, precision {precision}, "
@@ -121,7 +146,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
             log.info(f"resumed from {resume_path} at epoch {trainer.epoch}, step {trainer.step}")
 
         status = trainer.fit()
-        test = trainer.test() if status == "finished" else {}
+        test = trainer.test() if status in ("finished", "early_stopped") else {}
         wall = time.perf_counter() - wall_start
         summary = {
             "status": status,
@@ -160,7 +185,9 @@ def print_results(summary: dict[str, Any], run_dir: Path) -> None:
     table.add_column(style="bold")
     table.add_column()
     test, best = summary["test"], summary["best"]
-    if summary["status"] != "finished":
+    if summary["status"] == "early_stopped":
+        table.add_row("status", f"early stopped after epoch {summary['epochs']} (reg=early_stopping)")
+    elif summary["status"] != "finished":
         table.add_row("status", f"{summary['status']} after epoch {summary['epochs']}; "
                                 f"continue with trainer.resume={run_dir}")
     if "acc" in test:

@@ -1,0 +1,129 @@
+"""reg= and loss= on the real training path: penalties in the logged loss, maxnorm, early stopping."""
+
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import make_config, train
+from dlrun.build import build, build_model
+from dlrun.train import checkpoint
+from dlrun.train.loop import Trainer
+
+QUICK = ["model.hidden=[32]", "trainer.checkpoint=false", "logger.hparams=false"]
+
+
+def scalars(run_dir, tag):
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return [e.value for e in events.Scalars(tag)]
+
+
+def test_l2_and_l1_penalties_are_the_logged_reg_loss_and_raise_the_initial_loss(tmp_path):
+    """The notes' check: with regularisation on, the initial loss goes up by the penalty."""
+    first = {}
+    for name, reg in (("none", []), ("l2", ["reg=l2", "reg.l2=0.1"]), ("l2_big", ["reg=l2", "reg.l2=1.0"]),
+                      ("elastic", ["reg=elastic_net", "reg.l1=0.01", "reg.l2=0.1"])):
+        run = tmp_path / name
+        train(run, *reg, *QUICK, "trainer.max_steps=1", "logger.every=1")
+        first[name] = (scalars(run, "train/loss")[0], scalars(run, "train/data_loss")[0],
+                       scalars(run, "train/reg_loss")[0] if reg else 0.0)
+    # Same seed, same init: the data loss is the same; the total is data + the penalty.
+    for name in ("l2", "l2_big", "elastic"):
+        loss, data_loss, reg_loss = first[name]
+        assert data_loss == pytest.approx(first["none"][1], rel=1e-5)
+        assert loss == pytest.approx(data_loss + reg_loss, rel=1e-5) and reg_loss > 0
+    assert first["none"][0] < first["l2"][0] < first["l2_big"][0]
+    # reg_loss at lambda 0.1 is exactly 0.05 * sum(W^2) of the initial weights: 10x less than at 1.0.
+    assert first["l2_big"][2] == pytest.approx(10 * first["l2"][2], rel=1e-5)
+
+
+def test_maxnorm_holds_after_every_step_of_a_real_run(tmp_path, monkeypatch):
+    norms = []
+    real_step = Trainer.train_step
+
+    def train_step(self, x, y):
+        real_step(self, x, y)
+        norms.append(max(w.flatten(1).norm(dim=1).max().item() for w in self.constrained))
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    train(tmp_path, "reg=maxnorm", "reg.maxnorm=0.5", "optim.lr=0.05", *QUICK, "trainer.epochs=2")
+    assert len(norms) == 2 * 21 and max(norms) <= 0.5 + 1e-6
+
+
+@pytest.mark.parametrize("monitor,values,stop_epoch,best_epoch", [
+    # patience 3, min_delta 0.01: gains of 0.005 and 0.009 do not count towards patience.
+    ("val/acc", [0.50, 0.60, 0.605, 0.609, 0.60, 0.99], 5, 4),
+    ("val/loss", [1.0, 0.8, 0.9, 0.7, 0.695, 0.70, 0.71, 0.1], 7, 5),
+])
+def test_early_stopping_stops_at_the_right_epoch_and_tests_the_best_checkpoint(tmp_path, monkeypatch, monitor,
+                                                                                values, stop_epoch, best_epoch):
+    scripted = iter(values)
+    real_evaluate = Trainer.evaluate
+
+    def evaluate(self, split):
+        if split is self.data.val:
+            value = next(scripted)
+            return {"loss": value, "acc": 0.5} if monitor == "val/loss" else {"loss": 1.0, "acc": value}
+        return real_evaluate(self, split)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    summary = train(tmp_path, "reg=early_stopping", "reg.early_stopping.patience=3",
+                    "reg.early_stopping.min_delta=0.01", f"trainer.monitor={monitor}", "trainer.epochs=20",
+                    "model.hidden=[32]", "logger.hparams=false")
+    assert summary["status"] == "early_stopped" and summary["epochs"] == stop_epoch
+    # best.pt is by strict improvement (0.609 at epoch 4 beats 0.60; 0.695 at epoch 5 beats 0.7), and
+    # it is the one tested: its weights give the test numbers in summary.json.
+    best = checkpoint.load(tmp_path / "checkpoints" / "best.pt")
+    assert best["epoch"] == summary["best"]["epoch"] == best_epoch
+    cfg, _ = make_config("model.hidden=[32]")
+    data = build(cfg.data)
+    model = build_model(cfg, data)
+    model.load_state_dict(best["model"])
+    model.eval()
+    with torch.no_grad():
+        acc = (model(data.test.x).argmax(1) == data.test.y).float().mean().item()
+    assert summary["test"]["acc"] == pytest.approx(acc, abs=1e-6)
+
+
+def test_label_smoothing_and_multi_margin_reach_the_trainer(tmp_path):
+    plain = train(tmp_path / "plain", *QUICK, "trainer.max_steps=1", "logger.every=1")
+    smooth = train(tmp_path / "smooth", "reg=label_smoothing", "reg.label_smoothing=0.5", *QUICK,
+                   "trainer.max_steps=1", "logger.every=1")
+    train(tmp_path / "hinge", "loss=multi_margin", *QUICK, "trainer.max_steps=1", "logger.every=1",
+                  "init=small_normal")
+    assert smooth["hparams"]["reg.label_smoothing"] == 0.5 and plain["test"]["loss"] != smooth["test"]["loss"]
+    # A small-init net's scores are all about equal: the notes' hinge starts near C - 1 = 9.
+    assert scalars(tmp_path / "hinge", "train/loss")[0] == pytest.approx(9.0, abs=0.05)
+    assert json.loads((tmp_path / "hinge" / "summary.json").read_text())["choices"]["loss"] == "multi_margin"
+
+
+def test_weight_decay_with_sgd_equals_l2_and_is_decoupled_for_adam(tmp_path):
+    finals = {}
+    for name, reg in (("l2", ["reg=l2", "reg.l2=0.1"]), ("wd", ["reg=weight_decay", "reg.weight_decay=0.1"])):
+        train(tmp_path / name, *reg, "optim=sgd", "model.hidden=[32]", "trainer.max_steps=3", "logger.hparams=false")
+        finals[name] = checkpoint.load(tmp_path / name / "checkpoints" / "last.pt")
+    for key, value in finals["l2"]["model"].items():
+        assert torch.allclose(value, finals["wd"]["model"][key], atol=1e-6), key
+    groups = finals["wd"]["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0] and len(groups[0]["params"]) == 2  # the 2 weights
+    train(tmp_path / "adam", "reg=weight_decay", "model.hidden=[32]", "trainer.max_steps=1", "logger.hparams=false")
+    adam = checkpoint.load(tmp_path / "adam" / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
+    assert adam[0]["decoupled_weight_decay"] is True and adam[0]["weight_decay"] == 5e-4
+
+
+@pytest.mark.parametrize("override,message", [
+    ("reg.maxnorm=0", r"reg.maxnorm=0 must be a number > 0"),
+    ("reg.l1=-1", r"reg.l1=-1 must be a number >= 0"),
+    ("reg.dropout=1.0", r"model.dropout=1.0 must be in \[0, 1\)"),
+    ("reg.early_stopping.patience=0", r"reg.early_stopping.patience=0 must be an integer >= 1"),
+    ("init.scheme=glorious", r"init.scheme='glorious' is unknown"),
+    ("optim.lr=-0.1", r"optim.lr=-0.1 must be a number > 0"),
+])
+def test_bad_reg_values_fail_before_training_in_one_line(tmp_path, override, message):
+    from dlrun.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        train(tmp_path, "reg=[maxnorm,l1,dropout,early_stopping]", override, *QUICK)
+    assert not (tmp_path / "summary.json").exists()
