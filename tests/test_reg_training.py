@@ -127,3 +127,40 @@ def test_bad_reg_values_fail_before_training_in_one_line(tmp_path, override, mes
     with pytest.raises(UserError, match=message):
         train(tmp_path, "reg=[maxnorm,l1,dropout,early_stopping]", override, *QUICK)
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_ema_weights_follow_the_recurrence_and_are_validated_tested_and_checkpointed(tmp_path, monkeypatch):
+    """e_1 = w_1, e_t = d e_{t-1} + (1 - d) w_t after each optimizer step (torch's AveragedModel)."""
+    weights = []
+    real_step = Trainer.train_step
+
+    def train_step(self, x, y):
+        real_step(self, x, y)
+        weights.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    d = 0.9
+    summary = train(tmp_path, f"trainer.ema_decay={d}", "model.hidden=[16]", "trainer.max_steps=4",
+                    "logger.hparams=false")
+    ema = weights[0]
+    for w in weights[1:]:
+        ema = {k: d * ema[k] + (1 - d) * w[k] if w[k].is_floating_point() else w[k] for k in w}
+    saved = checkpoint.load(tmp_path / "checkpoints" / "last.pt")["ema"]
+    assert int(saved["n_averaged"]) == 4
+    for key, value in ema.items():
+        assert torch.allclose(saved[f"module.{key}"], value, atol=1e-6), key
+    assert set(summary["test_ema"]) == {"loss", "acc"} and summary["test_ema"] != summary["test"]
+    assert scalars(tmp_path, "val_ema/acc")
+
+
+def test_grad_clip_by_value_clamps_each_gradient_element(tmp_path, monkeypatch):
+    seen = []
+    real_step = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        seen.append(max(p.grad.abs().max().item() for g in self.param_groups for p in g["params"]))
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    train(tmp_path, "trainer.grad_clip=0.001", "trainer.grad_clip_mode=value", *QUICK, "trainer.max_steps=3")
+    assert len(seen) == 3 and max(seen) == pytest.approx(0.001)  # clamped to 0.001 (in float32)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from dlrun.data import InMemoryData, Split
 from dlrun.errors import UserError
@@ -71,13 +72,14 @@ class Trainer:
                  device: torch.device, precision: str, epochs: int, max_steps: int | None,
                  reg: Regularization, grad_clip: float | None, monitor: str, seed: int,
                  writer: RunWriter, checkpoint_dir: Path | None, log_every: int, ratio_every: int,
-                 stop_at_epoch: int | None = None, config: dict[str, Any] | None = None, loss: Loss | None = None):
+                 stop_at_epoch: int | None = None, config: dict[str, Any] | None = None, loss: Loss | None = None,
+                 ema_decay: float | None = None, grad_clip_mode: str = "norm"):
         self.model, self.data, self.optimizer, self.scheduler = model, data, optimizer, scheduler
         self.sched_interval = sched_interval
         self.device, self.precision = device, precision
         self.max_steps, self.stop_at_epoch = max_steps, stop_at_epoch
         self.steps_per_epoch, self.epochs, self.total_steps = plan(len(data.train), data.batch_size, epochs, max_steps)
-        self.reg, self.grad_clip = reg, grad_clip
+        self.reg, self.grad_clip, self.grad_clip_mode = reg, grad_clip, grad_clip_mode
         self.classification = data.task == "classification"
         self.loss_fn = loss or build_loss("auto", data.task)
         self.monitor, self.maximize = resolve_monitor(monitor, self.classification)
@@ -91,6 +93,11 @@ class Trainer:
         self.constrained = [p for p in self.params if p.ndim > 1] if reg.maxnorm else []
         self.early_best: float | None = None  # reg=early_stopping: the best monitored value so far
         self.early_waited = 0                 # and the validations since it last improved by min_delta
+        # trainer.ema_decay: Polyak averaging, torch's AveragedModel with the EMA update
+        # e <- d * e + (1 - d) * w after every step (buffers too: BatchNorm statistics follow).
+        self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) \
+            if ema_decay else None
+        self.ema_val: dict[str, float] = {}
         self.update_ratio = UpdateRatio([(n, p) for n, p in model.named_parameters() if p.requires_grad])
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         # L-BFGS re-evaluates the loss inside its step: it gets a closure (see _closure_step).
@@ -135,6 +142,8 @@ class Trainer:
                 self.epoch += 1
                 train_metrics = self.train_epoch()
                 val = self.evaluate(self.data.val)
+                if self.ema is not None:
+                    self.ema_val = self.evaluate(self.data.val, self.ema.module)
                 improved = self._track_best(val)
                 after_validation(self.scheduler, self.sched_interval, val[self.monitor.split("/", 1)[1]])
                 self._end_epoch(train_metrics, val, improved)
@@ -195,6 +204,8 @@ class Trainer:
             out, loss, grad_norm = self._gradient_step(x, y, measure_ratio, log_now)
         if self.constrained:
             apply_maxnorm(self.constrained, self.reg.maxnorm)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         after_optimizer_step(self.scheduler, self.sched_interval)
         self.step += 1
 
@@ -235,9 +246,11 @@ class Trainer:
         if self.grad_clip or log_now:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
-            if self.grad_clip:
-                grad_norm = nn.utils.clip_grad_norm_(self.params, float(self.grad_clip))
+            if self.grad_clip and self.grad_clip_mode == "norm":
+                grad_norm = nn.utils.clip_grad_norm_(self.params, float(self.grad_clip))  # the norm before clipping
             else:
+                if self.grad_clip:  # by value: each gradient element into [-clip, clip]
+                    nn.utils.clip_grad_value_(self.params, float(self.grad_clip))
                 grad_norm = nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
         if measure_ratio:
             self.update_ratio.snapshot()
@@ -343,21 +356,22 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- evaluation
     @torch.inference_mode()
-    def evaluate(self, split: Split) -> dict[str, float]:
-        """Mean loss (and accuracy) over a whole split, in eval mode; one device sync."""
-        was_training = self.model.training
-        self.model.eval()
+    def evaluate(self, split: Split, model: nn.Module | None = None) -> dict[str, float]:
+        """Mean loss (and accuracy) of `model` (the trained one) over a whole split, in eval mode; one sync."""
+        model = model or self.model
+        was_training = model.training
+        model.eval()
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         for start in range(0, len(split), self.data.eval_batch_size):
             x = split.x[start:start + self.data.eval_batch_size]
             y = split.y[start:start + self.data.eval_batch_size]
             with self.autocast():
-                out = self.model(x).float()
+                out = model(x).float()
             total_loss += self.loss_fn(out, y, reduction="sum")
             if self.classification:
                 correct += (out.argmax(1) == y).sum()
-        self.model.train(was_training)
+        model.train(was_training)
         loss_sum, correct_sum = torch.stack([total_loss, correct]).tolist()
         # A mean per example (classification) or per target value (regression), as the losses' defaults.
         metrics = {"loss": loss_sum / self.loss_fn.count(split.y)}
@@ -377,9 +391,11 @@ class Trainer:
 
     def _end_epoch(self, train: dict[str, float], val: dict[str, float], improved: bool) -> None:
         self.writer.scalars({f"val/{k}": v for k, v in val.items()}, self.step)
+        self.writer.scalars({f"val_ema/{k}": v for k, v in self.ema_val.items()}, self.step)
         acc = lambda m: f" acc {m['acc']:.4f}" if "acc" in m else ""  # noqa: E731
+        ema = f"  ema val loss {self.ema_val['loss']:.4f}{acc(self.ema_val)}" if self.ema_val else ""
         log.info(f"epoch {self.epoch}/{self.epochs}  train loss {train['loss']:.4f}{acc(train)}  "
-                 f"val loss {val['loss']:.4f}{acc(val)}  lr {self.optimizer.param_groups[0]['lr']:.3g}"
+                 f"val loss {val['loss']:.4f}{acc(val)}{ema}  lr {self.optimizer.param_groups[0]['lr']:.3g}"
                  + ("  *" if improved else ""))
         if self.checkpoint_dir is not None:
             self.checkpoints.wait()  # last epoch's writes: at most one epoch of checkpoints in flight
@@ -399,6 +415,7 @@ class Trainer:
             "step": self.step,
             "best": {"epoch": self.best.epoch, "value": self.best.value, "val": self.best.val},
             "early_stopping": {"best": self.early_best, "waited": self.early_waited},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
@@ -426,6 +443,8 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         best = state["best"]
         self.best = Best(epoch=best["epoch"], value=best["value"], val=best["val"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
         early = state.get("early_stopping") or {}
         self.early_best, self.early_waited = early.get("best"), int(early.get("waited", 0))
         best_file = path.parent / "best.pt"
@@ -445,3 +464,7 @@ class Trainer:
         if self.best.state is not None:
             self.model.load_state_dict(self.best.state)
         return self.evaluate(self.data.test)
+
+    def test_ema(self) -> dict[str, float]:
+        """Evaluate the final averaged weights (trainer.ema_decay) on the test split."""
+        return self.evaluate(self.data.test, self.ema.module) if self.ema is not None else {}

@@ -90,6 +90,12 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
     max_steps = number(cfg, "trainer.max_steps", int, 1, optional=True)
     seed = number(cfg, "trainer.seed", int)
     grad_clip = number(cfg, "trainer.grad_clip", float, 0, above=True, optional=True)
+    grad_clip_mode = str(OmegaConf.select(cfg, "trainer.grad_clip_mode", default="norm"))
+    if grad_clip_mode not in ("norm", "value"):
+        raise UserError(f"trainer.grad_clip_mode={grad_clip_mode!r} must be norm or value")
+    ema_decay = number(cfg, "trainer.ema_decay", float, 0, above=True, optional=True)
+    if ema_decay is not None and ema_decay >= 1:
+        raise UserError(f"trainer.ema_decay={ema_decay} must be in (0, 1), e.g. 0.999")
     stop_at_epoch = number(cfg, "trainer.stop_at_epoch", int, 1, optional=True)
     reg = regularization(cfg)
     log_every = number(cfg, "logger.every", int, 1)
@@ -137,6 +143,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
             monitor=str(t.monitor), seed=seed, writer=writer,
             checkpoint_dir=run_dir / "checkpoints" if t.checkpoint else None,
             log_every=log_every, ratio_every=ratio_every, stop_at_epoch=stop_at_epoch, config=config, loss=loss,
+            ema_decay=ema_decay, grad_clip_mode=grad_clip_mode,
         )
         counted = f"{n_params:,} parameters" + (f", {n_trainable:,} trainable" if n_trainable != n_params else "")
         log.info(f"model {type(model).__name__} ({counted}) on {device}, precision {precision}, "
@@ -146,12 +153,15 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
             log.info(f"resumed from {resume_path} at epoch {trainer.epoch}, step {trainer.step}")
 
         status = trainer.fit()
-        test = trainer.test() if status in ("finished", "early_stopped") else {}
+        done = status in ("finished", "early_stopped")
+        test = trainer.test() if done else {}
+        test_ema = trainer.test_ema() if done else {}
         wall = time.perf_counter() - wall_start
         summary = {
             "status": status,
             "task": data.task,
             "test": test,
+            **({"test_ema": test_ema} if test_ema else {}),
             "best": {"epoch": trainer.best.epoch, "monitor": trainer.monitor, "value": trainer.best.value,
                      "val": trainer.best.val},
             "epochs": trainer.epoch,
@@ -192,6 +202,8 @@ def print_results(summary: dict[str, Any], run_dir: Path) -> None:
                                 f"continue with trainer.resume={run_dir}")
     if "acc" in test:
         table.add_row("test accuracy", f"{test['acc']:.4f}")
+    if "acc" in summary.get("test_ema", {}):
+        table.add_row("test accuracy (EMA)", f"{summary['test_ema']['acc']:.4f}")
     if "loss" in test:
         table.add_row("test loss", f"{test['loss']:.4f}")
     if best["value"] is not None:
