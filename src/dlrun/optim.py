@@ -22,7 +22,7 @@ from dlrun.errors import UserError
 # ------------------------------------------------------------------------------- optimizers
 
 
-def _value(cfg: DictConfig, key: str, test, must: str) -> None:
+def _value(cfg: Any, key: str, test, must: str, group: str = "optim") -> None:
     """Refuse cfg[key] (when the config has it) unless test(value) holds; `must` says what it must be."""
     if key not in cfg:
         return
@@ -33,7 +33,7 @@ def _value(cfg: DictConfig, key: str, test, must: str) -> None:
         ok = False
     if not ok:
         shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-        raise UserError(f"optim.{key}={shown!r} must be {must}")
+        raise UserError(f"{group}.{key}={shown!r} must be {must}")
 
 
 def _fraction(v: Any) -> bool:
@@ -189,15 +189,7 @@ RUN_LENGTH = ("T_max", "total_iters", "total_steps")
 
 
 def _sched_value(spec: dict[str, Any], key: str, test, must: str) -> None:
-    if key not in spec:
-        return
-    value = spec[key]
-    try:
-        ok = not isinstance(value, bool) and test(value)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise UserError(f"sched.{key}={value!r} must be {must}")
+    _value(spec, key, test, must, group="sched")
 
 
 def _integer(v: Any, minimum: int) -> bool:
