@@ -6,18 +6,20 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from dlrun import __version__
 from dlrun.build import build, build_model
 from dlrun.config import number
 from dlrun.errors import UserError
-from dlrun.losses import build_loss, check_targets
-from dlrun.regularization import parameter_groups, regularization
+from dlrun.losses import Loss, build_loss, check_targets
+from dlrun.regularization import Regularization, parameter_groups, regularization
 from dlrun.monitor.tensorboard import RunWriter, flatten
 from dlrun.optim import (build_optimizer, build_scheduler, check_closure_optimizer, check_optimizer, check_schedule,
                          uses_closure)
@@ -79,31 +81,30 @@ def write_json(obj: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -> dict[str, Any]:
-    """Train as `cfg` says, writing everything into `run_dir`; return the summary."""
-    wall_start = time.perf_counter()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    choices = {k: v for k, v in (choices or {}).items() if not k.startswith("hydra") and v is not None}
+@dataclass
+class Parts:
+    """What a run trains, built from the composed config: shared by `dlrun train` and `dlrun check`."""
+
+    cfg: DictConfig
+    device: torch.device
+    precision: str
+    data: Any
+    loss: Loss
+    reg: Regularization
+    model: nn.Module
+    settings: dict[str, Any]  # the Trainer's other keyword arguments, as cfg sets them
+
+
+def build_parts(cfg: DictConfig) -> Parts:
+    """Check the run's settings, seed, and build the data (on the device), the loss and the model.
+
+    Every bad value fails here with one line, before any data is read where that can be checked.
+    """
     t = cfg.trainer
-    epochs = number(cfg, "trainer.epochs", int, 1)
-    max_steps = number(cfg, "trainer.max_steps", int, 1, optional=True)
-    seed = number(cfg, "trainer.seed", int)
-    grad_clip = number(cfg, "trainer.grad_clip", float, 0, above=True, optional=True)
-    grad_clip_mode = str(OmegaConf.select(cfg, "trainer.grad_clip_mode", default="norm"))
-    if grad_clip_mode not in ("norm", "value"):
-        raise UserError(f"trainer.grad_clip_mode={grad_clip_mode!r} must be norm or value")
-    ema_decay = number(cfg, "trainer.ema_decay", float, 0, above=True, optional=True)
-    if ema_decay is not None and ema_decay >= 1:
-        raise UserError(f"trainer.ema_decay={ema_decay} must be in (0, 1), e.g. 0.999")
-    stop_at_epoch = number(cfg, "trainer.stop_at_epoch", int, 1, optional=True)
-    reg = regularization(cfg)
-    log_every = number(cfg, "logger.every", int, 1)
-    ratio_every = number(cfg, "logger.ratio_every", int, 0)
-    resume_path = checkpoint.resolve(t.resume) if t.resume else None  # fail before any work
+    settings = trainer_settings(cfg)
     check_optimizer(cfg.optim)  # bad optim= and sched= values, too, before any data is read
     check_schedule(cfg.sched)
-
+    seed, grad_clip = settings["seed"], settings["grad_clip"]
     device = resolve_device(t.device)
     precision = resolve_precision(t.precision, device)
     if uses_closure(cfg.optim):  # L-BFGS
@@ -123,28 +124,64 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
         check_targets(loss, data.splits[split].y, split)
     model = build_model(cfg, data)
     model.to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-    trainable = [p for p in model.parameters() if p.requires_grad]  # model.freeze leaves the rest out
-    n_trainable = sum(p.numel() for p in trainable)
-    optimizer = build_optimizer(cfg.optim, parameter_groups(model, reg, str(cfg.optim._target_)))
+    return Parts(cfg, device, precision, data, loss, settings.pop("reg"), model, settings)
+
+
+def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The Trainer's keyword arguments that cfg sets, each checked (one line per bad value)."""
+    t = cfg.trainer
+    grad_clip_mode = str(OmegaConf.select(cfg, "trainer.grad_clip_mode", default="norm"))
+    if grad_clip_mode not in ("norm", "value"):
+        raise UserError(f"trainer.grad_clip_mode={grad_clip_mode!r} must be norm or value")
+    ema_decay = number(cfg, "trainer.ema_decay", float, 0, above=True, optional=True)
+    if ema_decay is not None and ema_decay >= 1:
+        raise UserError(f"trainer.ema_decay={ema_decay} must be in (0, 1), e.g. 0.999")
+    return dict(
+        epochs=number(cfg, "trainer.epochs", int, 1), max_steps=number(cfg, "trainer.max_steps", int, 1, optional=True),
+        reg=regularization(cfg), grad_clip=number(cfg, "trainer.grad_clip", float, 0, above=True, optional=True),
+        monitor=str(t.monitor), seed=number(cfg, "trainer.seed", int),
+        log_every=number(cfg, "logger.every", int, 1), ratio_every=number(cfg, "logger.ratio_every", int, 0),
+        stop_at_epoch=number(cfg, "trainer.stop_at_epoch", int, 1, optional=True),
+        config=OmegaConf.to_container(cfg, resolve=True), ema_decay=ema_decay, grad_clip_mode=grad_clip_mode,
+    )
+
+
+def build_trainer(parts: Parts, log_dir: Path | None, checkpoint_dir: Path | None = None, **changes: Any) -> Trainer:
+    """The Trainer for `parts` with the optimizer and schedule cfg composes, writing TensorBoard
+    events to log_dir (None: nowhere). `changes` replace the Trainer's keyword arguments read from
+    cfg (the checks turn logging and regularisation off). The caller closes trainer.writer."""
+    cfg, data, model = parts.cfg, parts.data, parts.model
+    options = dict(parts.settings, reg=parts.reg, loss=parts.loss, checkpoint_dir=checkpoint_dir)
+    options.update(changes)
+    optimizer = build_optimizer(cfg.optim, parameter_groups(model, options["reg"], str(cfg.optim._target_)))
     if isinstance(optimizer, torch.optim.LBFGS) and data.batch_size < len(data.train):
         log.warning(f"optim=lbfgs on minibatches ({data.batch_size} of {len(data.train)} samples): L-BFGS "
                     f"assumes one fixed objective; for full-batch L-BFGS pass data.batch_size={len(data.train)}")
-    _, epochs, total_steps = plan(len(data.train), data.batch_size, epochs, max_steps)
-    _, maximize = resolve_monitor(str(t.monitor), data.task == "classification")  # plateau's mode
+    _, epochs, total_steps = plan(len(data.train), data.batch_size, options["epochs"], options["max_steps"])
+    _, maximize = resolve_monitor(options["monitor"], data.task == "classification")  # plateau's mode
     scheduler, interval = build_scheduler(cfg.sched, optimizer, epochs, total_steps, maximize=maximize)
+    # Last: a setting the optimizer or schedule refuses leaves no tb/ folder behind.
+    writer = RunWriter(log_dir or Path("."), enabled=log_dir is not None)
+    return Trainer(model, data, optimizer, scheduler, interval, device=parts.device, precision=parts.precision,
+                   writer=writer, **options)
 
-    writer = RunWriter(run_dir / "tb")
-    config = OmegaConf.to_container(cfg, resolve=True)
+
+def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train as `cfg` says, writing everything into `run_dir`; return the summary."""
+    wall_start = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    choices = {k: v for k, v in (choices or {}).items() if not k.startswith("hydra") and v is not None}
+    t = cfg.trainer
+    resume_path = checkpoint.resolve(t.resume) if t.resume else None  # fail before any work
+    parts = build_parts(cfg)
+    data, model, device, precision = parts.data, parts.model, parts.device, parts.precision
+    n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # model.freeze leaves the rest out
+
+    trainer = build_trainer(parts, run_dir / "tb", run_dir / "checkpoints" if t.checkpoint else None)
+    writer = trainer.writer
     try:
-        trainer = Trainer(
-            model, data, optimizer, scheduler, interval, device=device, precision=precision,
-            epochs=epochs, max_steps=max_steps, reg=reg, grad_clip=grad_clip,
-            monitor=str(t.monitor), seed=seed, writer=writer,
-            checkpoint_dir=run_dir / "checkpoints" if t.checkpoint else None,
-            log_every=log_every, ratio_every=ratio_every, stop_at_epoch=stop_at_epoch, config=config, loss=loss,
-            ema_decay=ema_decay, grad_clip_mode=grad_clip_mode,
-        )
         counted = f"{n_params:,} parameters" + (f", {n_trainable:,} trainable" if n_trainable != n_params else "")
         log.info(f"model {type(model).__name__} ({counted}) on {device}, precision {precision}, "
                  f"{trainer.epochs} epochs x {trainer.steps_per_epoch} steps")
