@@ -18,6 +18,13 @@ measured microseconds apart see the same machine. Two ratios dlrun / plain (1.0:
 
 Prints both per run and their medians.
 
+Diagnostics (logger.diagnostics: histograms, per-layer statistics every `every` steps): each
+repeat trains twice, once as configured (diagnostics on at the default frequency unless an
+override says otherwise) and once with logger.diagnostics.every=0, both interleaved with the plain
+loop. The on/off step-rate ratio is the ratio of their dlrun/plain ratios (medians): the plain loop
+beside each is the yardstick that takes the machine's drift out. The lines above it are the
+diagnostics-on runs, as before.
+
 --calibrate is the A/A run: dlrun's training step is replaced by a second copy of the plain step,
 inside dlrun's loop and through the same harness. Its ratio is what the loop around the step and
 the measurement itself cost; the A/B ratio minus it is what dlrun's step, logging and
@@ -111,6 +118,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     runs: list[dict[str, float]] = []
+    label = {"diagnostics": "on"}  # which config the next train() call runs
     original_fit, original_step = loop.Trainer.fit, loop.Trainer.train_step
 
     def fit(self):
@@ -124,7 +132,7 @@ def main() -> None:
             last = time.perf_counter()
             self.plain.end_epoch()  # the plain loop's last validation, outside dlrun's time
             plain_seconds = self.plain.seconds + time.perf_counter() - last
-            runs.append({"steps": self.step, "plain": self.step / plain_seconds, "dlrun": self.step / dlrun_seconds,
+            runs.append({"diagnostics": label["diagnostics"], "steps": self.step, "plain": self.step / plain_seconds, "dlrun": self.step / dlrun_seconds,
                          "plain_step": self.step / self.plain.step_seconds, "dlrun_step": self.step / self.step_seconds})
 
     def train_step(self, x, y):
@@ -158,10 +166,16 @@ def main() -> None:
                      "optim=adam", "sched=cosine", *args.overrides]
         with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
             cfg = compose("train", overrides=overrides)
+            cfg_off = compose("train", overrides=[*overrides, "logger.diagnostics.every=0"])
         hidden, lr = list(cfg.model.hidden), float(cfg.optim.lr)
+        settings = [("on", cfg)] if args.calibrate else [("on", cfg), ("off", cfg_off)]
         for repeat in range(args.repeats + 2):  # the first two runs warm both up and are not counted
-            train(cfg, Path(tmp) / f"run{repeat}")
-    runs = runs[2:]
+            for name, config in settings:  # on and off alternate: both see the same machine
+                label["diagnostics"] = name
+                train(config, Path(tmp) / f"run{repeat}{name}")
+    runs = runs[2 * len(settings):]
+    off_runs = [r for r in runs if r["diagnostics"] == "off"]
+    runs = [r for r in runs if r["diagnostics"] == "on"]
 
     ratios = [r["dlrun"] / r["plain"] for r in runs]
     step_ratios = [r["dlrun_step"] / r["plain_step"] for r in runs]
@@ -179,6 +193,17 @@ def main() -> None:
               f"   whole loop: plain {r['plain']:7.1f} dlrun {r['dlrun']:7.1f} steps/s, ratio {ratio:.3f}")
     print(f"step path  ratio dlrun/plain: {result['step_ratio']:.3f} (median of {len(runs)} runs)")
     print(f"whole loop ratio dlrun/plain: {result['ratio']:.3f} (median of {len(runs)} runs)")
+    if off_runs:
+        off_ratio = statistics.median(r["dlrun"] / r["plain"] for r in off_runs)
+        off_step_ratio = statistics.median(r["dlrun_step"] / r["plain_step"] for r in off_runs)
+        every = cfg.logger.diagnostics.every if "diagnostics" in cfg.logger else None
+        result.update(off_runs=off_runs, off_ratio=off_ratio, off_step_ratio=off_step_ratio,
+                      diagnostics_ratio=result["ratio"] / off_ratio,
+                      diagnostics_step_ratio=result["step_ratio"] / off_step_ratio)
+        print(f"diagnostics off (logger.diagnostics.every=0): step path ratio {off_step_ratio:.3f}, "
+              f"whole loop ratio {off_ratio:.3f} dlrun/plain (median of {len(off_runs)} runs)")
+        print(f"diagnostics on/off step-rate ratio: {result['diagnostics_ratio']:.3f} whole loop, "
+              f"{result['diagnostics_step_ratio']:.3f} step path (logger.diagnostics.every={every})")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

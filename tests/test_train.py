@@ -172,13 +172,13 @@ def test_mixed_precision_paths_train_on_the_cpu(tmp_path, precision):
 
 
 def test_a_diverging_run_stops_with_the_notes_advice(tmp_path):
-    with pytest.raises(UserError, match=r"training diverged: the loss is nan by step \d+; the learning rate is likely too high"):
+    with pytest.raises(UserError, match=r"training diverged: the loss was nan at step \d+ \(epoch 1\); the learning rate is likely too high"):
         train(tmp_path, "optim=sgd", "optim.lr=1e6", "trainer.epochs=2", "logger.every=5")
 
 
 def test_bad_values_fail_before_training(tmp_path):
     with pytest.raises(UserError, match="optim.lr"):
-        train(tmp_path / "a", "optim.lr=0")
+        train(tmp_path / "a", "optim.lr=-1")
     with pytest.raises(UserError, match="trainer.epochs"):
         train(tmp_path / "b", "trainer.epochs=0")
     with pytest.raises(UserError, match="trainer.precision"):

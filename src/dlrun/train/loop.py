@@ -3,6 +3,8 @@
 Nothing in the per-step path reads a value back from the device, or even launches a kernel for
 the logs: a step keeps its detached loss and logits, and every `logger.every` steps the window
 is reduced in a handful of kernels and read back with one sync. A GPU never waits for the host.
+The diagnostics (logger.diagnostics: histograms, per-layer statistics) run only on every
+`every`-th step, with one sync of their own; the steps between them do no diagnostics work.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from dlrun.data import InMemoryData, Split
 from dlrun.errors import UserError
+from dlrun.monitor.diagnostics import Diagnostics, DiagnosticsSettings, RatioWatch
 from dlrun.monitor.progress import StepProgress
 from dlrun.monitor.ratios import UpdateRatio
 from dlrun.monitor.tensorboard import RunWriter
@@ -73,7 +76,8 @@ class Trainer:
                  reg: Regularization, grad_clip: float | None, monitor: str, seed: int,
                  writer: RunWriter, checkpoint_dir: Path | None, log_every: int, ratio_every: int,
                  stop_at_epoch: int | None = None, config: dict[str, Any] | None = None, loss: Loss | None = None,
-                 ema_decay: float | None = None, grad_clip_mode: str = "norm"):
+                 ema_decay: float | None = None, grad_clip_mode: str = "norm",
+                 diagnostics: DiagnosticsSettings | None = None):
         self.model, self.data, self.optimizer, self.scheduler = model, data, optimizer, scheduler
         self.sched_interval = sched_interval
         self.device, self.precision = device, precision
@@ -99,6 +103,14 @@ class Trainer:
             if ema_decay else None
         self.ema_val: dict[str, float] = {}
         self.update_ratio = UpdateRatio([(n, p) for n, p in model.named_parameters() if p.requires_grad])
+        # logger.diagnostics: None (or every=0, or a disabled writer) computes nothing at all.
+        on = diagnostics is not None and diagnostics.every > 0 and writer.writer is not None
+        self.diagnostics = Diagnostics(model, diagnostics) if on else None
+        self.diagnostics_every = diagnostics.every if on else 0
+        optim_lr = (self.config.get("optim") or {}).get("lr") if isinstance(self.config, dict) else None
+        self.ratio_watch = RatioWatch([(n, p) for n, p in model.named_parameters() if p.requires_grad], optimizer,
+                                      float(optim_lr) if isinstance(optim_lr, (int, float)) else None)
+        self.checkpoint_epoch: int | None = None  # the epoch of the last checkpoints/last.pt this run wrote
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         # L-BFGS re-evaluates the loss inside its step: it gets a closure (see _closure_step).
         self.closure_step = isinstance(optimizer, torch.optim.LBFGS)
@@ -142,6 +154,9 @@ class Trainer:
                 self.epoch += 1
                 train_metrics = self.train_epoch()
                 val = self.evaluate(self.data.val)
+                if not math.isfinite(val["loss"]):  # before this epoch's checkpoint: none holds diverged weights
+                    raise UserError(self._diverged(f"the validation loss is {val['loss']} after epoch {self.epoch} "
+                                                   f"(step {self.step})"))
                 if self.ema is not None:
                     self.ema_val = self.evaluate(self.data.val, self.ema.module)
                 improved = self._track_best(val)
@@ -197,11 +212,14 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         measure_ratio = self.ratio_every > 0 and self.step % self.ratio_every == 0
         log_now = (self.step + 1) % self.log_every == 0
+        diagnose = self.diagnostics_every > 0 and self.step % self.diagnostics_every == 0
         self._record_lr()
         if self.closure_step:
-            out, loss, grad_norm = self._closure_step(x, y, measure_ratio, log_now)
+            out, loss, grad_norm = self._closure_step(x, y, measure_ratio, log_now, diagnose)
         else:
-            out, loss, grad_norm = self._gradient_step(x, y, measure_ratio, log_now)
+            out, loss, grad_norm = self._gradient_step(x, y, measure_ratio, log_now, diagnose)
+        if diagnose:  # the one sync of a diagnostics step; logged at the step as update_ratio/ is
+            self.diagnostics.write(self.writer, self.step)
         if self.constrained:
             apply_maxnorm(self.constrained, self.reg.maxnorm)
         if self.ema is not None:
@@ -230,10 +248,17 @@ class Trainer:
         reg_loss = penalty(self.weights, self.reg.l2, self.reg.l1)
         return out, data_loss + reg_loss, reg_loss
 
-    def _gradient_step(self, x: torch.Tensor, y: torch.Tensor, measure_ratio: bool,
-                       log_now: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _gradient_step(self, x: torch.Tensor, y: torch.Tensor, measure_ratio: bool, log_now: bool,
+                       diagnose: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Forward, backward, (unscale, clip,) step: every optimizer but L-BFGS."""
-        out, loss, reg_loss = self._forward(x, y)
+        if diagnose:
+            self.diagnostics.start()  # forward hooks for this forward only
+            try:
+                out, loss, reg_loss = self._forward(x, y)
+            finally:
+                self.diagnostics.stop()
+        else:
+            out, loss, reg_loss = self._forward(x, y)
         if reg_loss is not None:
             self.window_reg.append(reg_loss.detach())
 
@@ -243,12 +268,14 @@ class Trainer:
         else:
             loss.backward()
         grad_norm = None
-        if self.grad_clip or log_now:
+        if self.grad_clip or log_now or diagnose:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
+            if diagnose:  # the gradients backward made, before clipping and the step
+                self.diagnostics.gradients()
             if self.grad_clip and self.grad_clip_mode == "norm":
                 grad_norm = nn.utils.clip_grad_norm_(self.params, float(self.grad_clip))  # the norm before clipping
-            else:
+            elif self.grad_clip or log_now:
                 if self.grad_clip:  # by value: each gradient element into [-clip, clip]
                     nn.utils.clip_grad_value_(self.params, float(self.grad_clip))
                 grad_norm = nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
@@ -262,10 +289,11 @@ class Trainer:
         if measure_ratio:
             ratios = self.update_ratio.measure()
             self.writer.scalars({f"update_ratio/{name}": r for name, r in ratios.items()}, self.step)
+            self.ratio_watch.add(ratios, self.step)
         return out, loss, grad_norm
 
-    def _closure_step(self, x: torch.Tensor, y: torch.Tensor, measure_ratio: bool,
-                      log_now: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _closure_step(self, x: torch.Tensor, y: torch.Tensor, measure_ratio: bool, log_now: bool,
+                      diagnose: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """L-BFGS: optimizer.step(closure), the closure evaluating loss (L2 included) and gradient.
 
         The step calls it up to optim.max_eval times (it reads each loss back, for its line
@@ -276,9 +304,18 @@ class Trainer:
 
         def closure() -> torch.Tensor:
             self.optimizer.zero_grad(set_to_none=True)
-            out, loss, reg_loss = self._forward(x, y)
+            if diagnose and not first:  # diagnostics of the first evaluation only
+                self.diagnostics.start()
+                try:
+                    out, loss, reg_loss = self._forward(x, y)
+                finally:
+                    self.diagnostics.stop()
+            else:
+                out, loss, reg_loss = self._forward(x, y)
             loss.backward()
             if not first:
+                if diagnose:
+                    self.diagnostics.gradients()
                 first["out"], first["loss"] = out.detach(), loss.detach()
                 first["reg"] = reg_loss.detach() if reg_loss is not None else None
                 first["grad_norm"] = (nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
@@ -291,6 +328,7 @@ class Trainer:
         if measure_ratio:
             ratios = self.update_ratio.measure()
             self.writer.scalars({f"update_ratio/{name}": r for name, r in ratios.items()}, self.step)
+            self.ratio_watch.add(ratios, self.step)
         if first["reg"] is not None:
             self.window_reg.append(first["reg"])
         return first["out"], first["loss"], first["grad_norm"]
@@ -329,8 +367,10 @@ class Trainer:
         values = torch.stack([t.float() for t in totals]).tolist()
         loss_sum, reg_sum = values[0], values[1]
         if not math.isfinite(loss_sum):  # checked where the value is read anyway: costs nothing
-            raise UserError(f"training diverged: the loss is {loss_sum} by step {self.step}; "
-                            "the learning rate is likely too high (lower optim.lr, or set trainer.grad_clip)")
+            losses = torch.stack(self.window_loss).float().tolist()  # the failure path only
+            first = next(i for i, v in enumerate(losses) if not math.isfinite(v))
+            step = self.step - steps + first + 1  # as train/loss counts steps: the first is 1
+            raise UserError(self._diverged(f"the loss was {losses[first]} at step {step} (epoch {self.epoch})"))
         correct = values[2] if self.classification else 0.0
         self.window_loss, self.window_reg, self.window_pred, self.window_target = [], [], [], []
         now = time.perf_counter()
@@ -353,6 +393,21 @@ class Trainer:
         self.window_start = now
         if self.progress is not None:
             self.progress.update(self.step, f"epoch {self.epoch}/{self.epochs}  loss {scalars['train/loss']:.4f}")
+
+    def _diverged(self, what: str) -> str:
+        """The one-line message for a run whose loss went non-finite: what, the likely cause, the fix,
+        and the last good checkpoint (none ever holds diverged weights: see fit)."""
+        lr = self.ratio_watch.configured_lr
+        now = self.optimizer.param_groups[0]["lr"]
+        lr_text = f"now {lr:g}" + (f", {now:g} when it diverged" if not math.isclose(now, lr, rel_tol=1e-6) else "")
+        if self.checkpoint_dir is None:
+            where = "no checkpoint was written (trainer.checkpoint=false)"
+        elif self.checkpoint_epoch is None:
+            where = "no checkpoint was written by this run"
+        else:
+            where = f"the last good checkpoint is {self.checkpoint_dir / 'last.pt'} (epoch {self.checkpoint_epoch})"
+        return (f"training diverged: {what}; the learning rate is likely too high or the init too large: "
+                f"lower optim.lr ({lr_text}), set trainer.grad_clip, or choose a smaller init=; {where}")
 
     # ---------------------------------------------------------------------------- evaluation
     @torch.inference_mode()
@@ -390,7 +445,15 @@ class Trainer:
         return better
 
     def _end_epoch(self, train: dict[str, float], val: dict[str, float], improved: bool) -> None:
-        self.writer.scalars({f"val/{k}": v for k, v in val.items()}, self.step)
+        scalars = {f"val/{k}": v for k, v in val.items()}
+        if "acc" in train and "acc" in val:  # the notes' train/val gap: overfitting shows as a growing gap
+            scalars["val/gap"] = train["acc"] - val["acc"]
+        self.writer.scalars(scalars, self.step)
+        if self.diagnostics is not None:
+            self.diagnostics.write_filters(self.writer, self.step)
+        warning = self.ratio_watch.end_epoch(self.epoch)
+        if warning:
+            log.warning(warning)
         self.writer.scalars({f"val_ema/{k}": v for k, v in self.ema_val.items()}, self.step)
         acc = lambda m: f" acc {m['acc']:.4f}" if "acc" in m else ""  # noqa: E731
         ema = f"  ema val loss {self.ema_val['loss']:.4f}{acc(self.ema_val)}" if self.ema_val else ""
@@ -400,6 +463,7 @@ class Trainer:
         if self.checkpoint_dir is not None:
             self.checkpoints.wait()  # last epoch's writes: at most one epoch of checkpoints in flight
             self.checkpoints.save(self.state_dict(), self.checkpoint_dir / "last.pt")
+            self.checkpoint_epoch = self.epoch
             if improved:  # best.state is already a private CPU copy: no second snapshot
                 self.checkpoints.save(self._best_payload(), self.checkpoint_dir / "best.pt", copy=False)
 

@@ -136,6 +136,16 @@ def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
     ema_decay = number(cfg, "trainer.ema_decay", float, 0, above=True, optional=True)
     if ema_decay is not None and ema_decay >= 1:
         raise UserError(f"trainer.ema_decay={ema_decay} must be in (0, 1), e.g. 0.999")
+    diagnostics = None  # logger.diagnostics (none in the config: no diagnostics)
+    if OmegaConf.select(cfg, "logger.diagnostics") is not None:
+        from dlrun.monitor.diagnostics import DiagnosticsSettings
+
+        flags = {}
+        for key in ("histograms", "filters"):
+            flags[key] = OmegaConf.select(cfg, f"logger.diagnostics.{key}", default=True)
+            if not isinstance(flags[key], bool):
+                raise UserError(f"logger.diagnostics.{key}={flags[key]!r} must be true or false")
+        diagnostics = DiagnosticsSettings(every=number(cfg, "logger.diagnostics.every", int, 0), **flags)
     return dict(
         epochs=number(cfg, "trainer.epochs", int, 1), max_steps=number(cfg, "trainer.max_steps", int, 1, optional=True),
         reg=regularization(cfg), grad_clip=number(cfg, "trainer.grad_clip", float, 0, above=True, optional=True),
@@ -143,6 +153,7 @@ def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
         log_every=number(cfg, "logger.every", int, 1), ratio_every=number(cfg, "logger.ratio_every", int, 0),
         stop_at_epoch=number(cfg, "trainer.stop_at_epoch", int, 1, optional=True),
         config=OmegaConf.to_container(cfg, resolve=True), ema_decay=ema_decay, grad_clip_mode=grad_clip_mode,
+        diagnostics=diagnostics,
     )
 
 
