@@ -13,7 +13,7 @@ from typing import NoReturn
 COMMANDS = {
     "train": "train a model from the composed config (a Hydra app: -m, --cfg job, --help, ...)",
     "summary": "print the model's layers, output shapes and parameter counts; trains nothing",
-    "check": "sanity checks from the notes (init: activation statistics per init); trains nothing",
+    "check": "the notes' sanity checks: initial-loss, overfit, lr, gradcheck, all, init",
 }
 
 USAGE = """usage: dlrun <command> [hydra overrides]
@@ -28,7 +28,7 @@ examples:
   dlrun train --cfg job                         # print the composed config
   dlrun train --help                            # config groups and their options
   dlrun summary model=lenet                     # the layers, shapes and parameters; trains nothing
-  dlrun check init                              # activation statistics through a deep net, per init
+  dlrun check all                               # initial loss, overfit, lr search, gradient check
 
 Run directories go to outputs/; watch them with: tensorboard --logdir outputs"""
 

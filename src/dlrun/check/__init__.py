@@ -15,19 +15,29 @@ from dlrun.errors import UserError
 CHECKS: dict[str, tuple[str, str]] = {
     "init": ("dlrun.check.init_stats",
              "activation mean/std/histograms through a deep FC stack for each activation + init"),
+    "initial-loss": ("dlrun.check.initial_loss", "step 1: the loss at init against ln(C), then with regularisation"),
+    "overfit": ("dlrun.check.overfit", "step 2: 100% train accuracy on a few minibatches, regularisation off"),
+    "lr": ("dlrun.check.lr_search", "step 3: which of 1e-1..1e-4 makes the loss drop in 100 steps; a plot"),
+    "gradcheck": ("dlrun.check.gradcheck", "autograd against centred differences in float64, per tensor"),
+    "all": ("dlrun.check.all_steps", "initial-loss, overfit, lr and gradcheck in order"),
 }
 
-USAGE = """usage: dlrun check <check> [check.KEY=VALUE ...]
+USAGE = """usage: dlrun check <check> [train overrides] [check.KEY=VALUE ...]
 
 checks:
 {checks}
 
-Each check composes configs/check_<check>.yaml; change its options with check.KEY=VALUE.
-`dlrun check <check> --help` describes one.
+initial-loss, overfit, lr, gradcheck and all run on the config `dlrun train` composes from the same
+overrides (model=, optim=, init=, ...), with their options (configs/check/options.yaml) as
+check.KEY=VALUE; init composes configs/check_init.yaml. Each prints a table with a verdict per
+line (ok, warn, fail, skip) and writes check.json; a fail exits 1. `dlrun check <check> --help`
+describes one.
 
 examples:
-  dlrun check init                              # the notes' five activation + init pairs
-  dlrun check init check.layers=10 check.pairs=[tanh:xavier_normal,relu:he_normal]"""
+  dlrun check all                               # the notes' steps 1-3 and the gradient check
+  dlrun check overfit model=lenet optim=sgd optim.lr=0.05
+  dlrun check lr optim=sgd check.range=true     # lr.png: the loss against the lr
+  dlrun check init                              # the notes' five activation + init pairs"""
 
 
 def usage() -> str:
