@@ -174,6 +174,9 @@ def run(name: str, checks: list[tuple[str, Callable[[Context], list[Line]]]], ar
     counts = ", ".join(f"{n} {v}" for v, n in report["counts"].items() if n)
     console.print(f"dlrun check {name}: {verdict} ({counts}) in {report['wall_s']:.1f} s; "
                   f"details in {out / 'check.json'}", highlight=False, soft_wrap=True)
+    if context.extras.get("plot"):
+        console.print(f"plot: {context.extras['plot']}; tensorboard --logdir {out / 'tb'}", highlight=False,
+                      soft_wrap=True)
     if verdict == "fail":
         sys.exit(1)
 
