@@ -114,7 +114,7 @@ def test_full_batch_lbfgs_beats_as_many_sgd_steps_on_logistic_regression(npz, tm
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (("optim.lr=-0.1",), "optim.lr=-0.1 must be a number >= 0"),
+    (("optim.lr=-0.1",), "optim.lr=-0.1 must be a number > 0"),
     (("optim=momentum", "optim.momentum=1.0"), "optim.momentum=1.0 must be a number in [0, 1)"),
     (("optim=momentum", "optim.momentum=-0.5"), "optim.momentum=-0.5 must be a number in [0, 1)"),
     (("optim=nesterov", "optim.momentum=0"), "optim.nesterov=true needs optim.momentum > 0"),

@@ -119,7 +119,7 @@ def test_weight_decay_with_sgd_equals_l2_and_is_decoupled_for_adam(tmp_path):
     ("reg.dropout=1.0", r"model.dropout=1.0 must be in \[0, 1\)"),
     ("reg.early_stopping.patience=0", r"reg.early_stopping.patience=0 must be an integer >= 1"),
     ("init.scheme=glorious", r"init.scheme='glorious' is unknown"),
-    ("optim.lr=-0.1", r"optim.lr=-0.1 must be a number >= 0"),
+    ("optim.lr=-0.1", r"optim.lr=-0.1 must be a number > 0"),
 ])
 def test_bad_reg_values_fail_before_training_in_one_line(tmp_path, override, message):
     from dlrun.errors import UserError

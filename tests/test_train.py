@@ -178,7 +178,7 @@ def test_a_diverging_run_stops_with_the_notes_advice(tmp_path):
 
 def test_bad_values_fail_before_training(tmp_path):
     with pytest.raises(UserError, match="optim.lr"):
-        train(tmp_path / "a", "optim.lr=-1")
+        train(tmp_path / "a", "optim.lr=0")
     with pytest.raises(UserError, match="trainer.epochs"):
         train(tmp_path / "b", "trainer.epochs=0")
     with pytest.raises(UserError, match="trainer.precision"):

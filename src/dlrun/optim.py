@@ -42,7 +42,7 @@ def _fraction(v: Any) -> bool:
 
 def check_optimizer(cfg: DictConfig) -> None:
     """Refuse values torch would take and train badly with (or refuse in a traceback)."""
-    number(cfg, "lr", float, 0, name="optim.lr")  # named before torch complains; 0 is torch's too (frozen weights)
+    number(cfg, "lr", float, 0, above=True, name="optim.lr")  # named before torch complains
     _value(cfg, "momentum", _fraction, "a number in [0, 1) (0.9 is the notes' usual value)")
     _value(cfg, "dampening", _fraction, "a number in [0, 1)")
     _value(cfg, "weight_decay", lambda v: float(v) >= 0, "a number >= 0")

@@ -35,7 +35,7 @@ options (configs/check/options.yaml):
 examples:
   dlrun check overfit
   dlrun check overfit model=lenet optim=sgd optim.lr=0.05
-  dlrun check overfit optim.lr=0                 # fails: the loss does not go down"""
+  dlrun check overfit optim.lr=1e-9              # fails: the loss does not go down"""
 
 # Regression passes when the sample's loss falls below this share of its loss at init.
 REGRESSION_TARGET = 0.01
