@@ -13,6 +13,7 @@ from typing import NoReturn
 COMMANDS = {
     "train": "train a model from the composed config (a Hydra app: -m, --cfg job, --help, ...)",
     "summary": "print the model's layers, output shapes and parameter counts; trains nothing",
+    "eval": "a checkpoint's loss and accuracy on the test and val splits (ckpt=RUN_DIR or FILE.pt)",
     "check": "the notes' sanity checks: initial-loss, overfit, lr, gradcheck, all, init",
 }
 
@@ -28,6 +29,7 @@ examples:
   dlrun train --cfg job                         # print the composed config
   dlrun train --help                            # config groups and their options
   dlrun summary model=lenet                     # the layers, shapes and parameters; trains nothing
+  dlrun eval ckpt=outputs/DATE/TIME             # a run's best.pt on the test and val splits
   dlrun check all                               # initial loss, overfit, lr search, gradient check
 
 Run directories go to outputs/; watch them with: tensorboard --logdir outputs"""
@@ -94,10 +96,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"dlrun: error: unknown command '{command}'; choose one of: {', '.join(COMMANDS)} "
               "(dlrun --help lists them)", file=sys.stderr)
         sys.exit(2)
-    if command == "summary" and ("-h" in rest or "--help" in rest):
-        from dlrun.summary import USAGE  # the module imports torch only when it runs
+    if command in ("summary", "eval") and ("-h" in rest or "--help" in rest):
+        # The modules import torch only when they run.
+        from dlrun.evaluate import USAGE as EVAL_USAGE
+        from dlrun.summary import USAGE as SUMMARY_USAGE
 
-        print(USAGE)
+        print(SUMMARY_USAGE if command == "summary" else EVAL_USAGE)
         return
     if command == "check" and (not rest or rest[0] in ("-h", "--help", "help") or "-h" in rest or "--help" in rest):
         from dlrun.check import main as check_main  # the usages are read without torch or Hydra
@@ -129,6 +133,10 @@ def main(argv: list[str] | None = None) -> None:
             from dlrun.summary import main as summary_main
 
             summary_main(rest)
+        elif command == "eval":
+            from dlrun.evaluate import main as eval_main
+
+            eval_main(rest)
         elif command == "check":
             from dlrun.check import main as check_main
 

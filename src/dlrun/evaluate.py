@@ -1,0 +1,174 @@
+"""`dlrun eval ckpt=PATH [--json] [overrides]`: a checkpoint's loss and accuracy on the test and val splits.
+
+The config is the checkpoint's own (dlrun checkpoints carry the resolved composed config), so
+the same data split and the same model are rebuilt; overrides on the command line change values
+of it, with Hydra's override grammar and its errors. The model is evaluated by the Trainer's own
+`evaluate`, as `dlrun train` tests it, so on the CPU the numbers are summary.json's to the last
+digit. Nothing is written. torch and Hydra are imported inside the functions: `dlrun eval --help`
+reads USAGE without them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from dlrun.errors import UserError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from omegaconf import DictConfig
+
+SPLITS = ("test", "val")
+# A run directory means its best.pt (the weights train's test metrics come from), else last.pt.
+NAMES = ("best.pt", "last.pt")
+ACCEPTS = "a run directory, or a .pt file: its checkpoints/best.pt or last.pt"
+FIX = "pass ckpt= another checkpoint, e.g. the run's checkpoints/last.pt"
+
+USAGE = """usage: dlrun eval ckpt=PATH [--json] [hydra overrides]
+
+Rebuild the data and the model from the checkpoint's own config, load its weights and print its
+loss and accuracy on the test split and the validation split. On the CPU the test numbers are
+those of the run's summary.json. Trains nothing and writes nothing.
+
+arguments:
+  ckpt=PATH   a run directory (its checkpoints/best.pt, the weights train tested, else last.pt)
+              or a checkpoint file (.pt)
+  --json      print the metrics as JSON instead of the table
+  overrides   change values of the checkpoint's config: trainer.device=cpu, data.eval_batch_size=256;
+              for a plain state dict (no config in it) the overrides `dlrun train` would take
+
+examples:
+  dlrun eval ckpt=outputs/2026-11-23/09-52-10-801763
+  dlrun eval ckpt=outputs/2026-11-23/09-52-10-801763/checkpoints/last.pt trainer.device=cpu
+  dlrun eval ckpt=runs/first --json data.eval_batch_size=256"""
+
+
+def parse_args(args: list[str]) -> tuple[str, bool, list[str]]:
+    """(ckpt, as_json, overrides): `ckpt=` and `--json` taken out wherever they are."""
+    ckpt, as_json, overrides = None, False, []
+    for arg in args:
+        if arg.startswith("ckpt="):
+            ckpt = arg.partition("=")[2]
+            if not ckpt:
+                raise UserError("ckpt= is empty; pass ckpt=RUN_DIR or ckpt=FILE.pt")
+        elif arg == "--json":
+            as_json = True
+        elif arg.startswith("-"):
+            raise UserError(f"unknown option {arg!r}; dlrun eval takes ckpt=PATH, --json and Hydra overrides "
+                            "(dlrun eval --help)")
+        else:
+            overrides.append(arg)
+    if ckpt is None:
+        raise UserError("no checkpoint given; pass ckpt=RUN_DIR (its checkpoints/best.pt) or ckpt=FILE.pt")
+    return ckpt, as_json, overrides
+
+
+def saved_config(config: dict[str, Any], overrides: list[str], path: Path) -> DictConfig:
+    """The checkpoint's config with `overrides` applied as Hydra applies them to a composed config."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import DictConfig, OmegaConf
+
+    cfg = OmegaConf.create(config)
+    OmegaConf.set_struct(cfg, True)  # as Hydra composes it: an unknown key is an error, not a new key
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    for override in parsed:
+        if override.is_sweep_override():
+            raise UserError(f"{override.input_line}: dlrun eval evaluates one config; give one value")
+        node = OmegaConf.select(cfg, override.key_or_group, throw_on_missing=False)
+        if isinstance(node, DictConfig) and isinstance(override.value(), str):
+            raise UserError(f"{override.input_line}: the checkpoint's config is rebuilt from '{path}', not "
+                            f"composed from groups; change its values instead (e.g. {override.key_or_group}.KEY=VALUE)")
+    ConfigLoaderImpl._apply_overrides_to_config(parsed, cfg)
+    return cfg
+
+
+def composed_config(overrides: list[str]) -> DictConfig:
+    """The config `dlrun train` composes from `overrides`: for a checkpoint that carries none."""
+    from hydra import compose, initialize_config_dir
+
+    from dlrun.paths import CONFIG_DIR
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def evaluate(ckpt: str, overrides: list[str] = ()) -> dict[str, Any]:
+    """Load the checkpoint at `ckpt`, rebuild its data and model, and return its metrics per split.
+
+    {"checkpoint": path, "epoch": N or None, "model": class name, "data": description,
+     "test": {"loss", "acc"}, "val": {...}, "samples": {"test": n, "val": n}}
+    """
+    from omegaconf import open_dict
+
+    from dlrun.train import checkpoint
+
+    overrides = list(overrides)
+    path = checkpoint.resolve(ckpt, option="ckpt", names=NAMES, accepts=ACCEPTS)
+    state = checkpoint.load(path, state_dict_ok=True, fix=FIX)
+    config = state.get("config")
+    if config:
+        cfg = saved_config(config, overrides, path)
+    elif overrides:
+        cfg = composed_config(overrides)
+    else:
+        raise UserError(f"checkpoint '{path}' holds no config (a plain state dict); pass the overrides it was "
+                        "trained with, e.g. dlrun eval ckpt=... model=lenet")
+    with open_dict(cfg):
+        # The checkpoint replaces every weight: model.weights' file is not needed (nor read) again.
+        if "weights" in cfg.model:
+            cfg.model.weights = None
+
+    from dlrun.train.run import build_parts, build_trainer
+
+    parts = build_parts(cfg)
+    checkpoint.load_model_state(parts.model, state["model"], path)
+    trainer = build_trainer(parts, None)  # no TensorBoard, no checkpoints: the Trainer's evaluate only
+    try:
+        metrics = {split: trainer.evaluate(parts.data.splits[split]) for split in SPLITS}
+    finally:
+        trainer.writer.close()
+        trainer.checkpoints.close()
+    epoch = state.get("epoch")
+    return {
+        "checkpoint": str(path),
+        "epoch": int(epoch) if epoch is not None else None,
+        "model": type(parts.model).__name__,
+        "data": parts.data.describe(),
+        "device": str(parts.device),
+        **metrics,
+        "samples": {split: len(parts.data.splits[split]) for split in SPLITS},
+    }
+
+
+def main(args: list[str]) -> None:
+    """Parse, evaluate, print the table (or JSON). Errors propagate to the CLI's `fail`."""
+    ckpt, as_json, overrides = parse_args(args)
+    result = evaluate(ckpt, overrides)
+    if as_json:
+        import json
+
+        print(json.dumps(result, indent=2))
+        return
+    from rich import get_console
+    from rich.table import Table
+
+    console = get_console()
+    console.print(f"data {result['data']}", highlight=False)
+    epoch = f", epoch {result['epoch']}" if result["epoch"] is not None else ""
+    # A line, not the table's title: rich would wrap a long path to the narrow table's width.
+    console.print(f"dlrun eval: {result['model']} from {result['checkpoint']}{epoch}, on {result['device']}",
+                  highlight=False, soft_wrap=True)
+    table = Table()
+    table.add_column("split")
+    table.add_column("samples", justify="right")
+    table.add_column("loss", justify="right")
+    classification = "acc" in result["test"]
+    if classification:
+        table.add_column("accuracy", justify="right")
+    for split in SPLITS:
+        m = result[split]
+        table.add_row(split, f"{result['samples'][split]:,}", f"{m['loss']:.4f}",
+                      *([f"{m['acc']:.4f}"] if classification else []))
+    console.print(table, highlight=False)
