@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -26,4 +27,8 @@ def train_app(cfg: DictConfig) -> float | None:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # the sweep records this job as failed and goes on with the others
         fail("train", exc)  # here, not after Hydra: it would print a line of its own first
+    if summary["status"] == "interrupted":  # a signal: last.pt is written; 130 (SIGINT) or 143 (SIGTERM, SIGUSR1)
+        from dlrun.train.interrupt import EXIT_CODES
+
+        sys.exit(EXIT_CODES.get(summary.get("signal"), 143))
     return summary["best"]["value"]  # the monitored metric, for sweepers that optimise it

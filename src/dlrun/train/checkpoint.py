@@ -17,11 +17,12 @@ from torch import nn
 from dlrun.errors import UserError
 
 
-def save_atomic(obj: dict[str, Any], path: Path) -> None:
+def save_atomic(obj: dict[str, Any], path: Path, previous: Path | None = None) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it.
 
     A crash or a full disk mid-write leaves the previous checkpoint whole: rename is atomic
-    within one directory.
+    within one directory. `previous`: first make the file `path` holds (if any) also `previous`,
+    by a hard link renamed into place, so each name always holds a whole checkpoint.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -30,6 +31,14 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and path.is_file():
+            link = previous.with_name(f".{previous.name}.{os.getpid()}.tmp")
+            try:
+                link.unlink(missing_ok=True)
+                os.link(path, link)
+                os.replace(link, previous)
+            except OSError:  # no hard links on this file system: keep the newest only
+                link.unlink(missing_ok=True)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -58,9 +67,10 @@ class BackgroundWriter:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlrun-checkpoint")
         self.pending: list[tuple[Path, Future]] = []
 
-    def save(self, state: dict[str, Any], path: Path, copy: bool = True) -> None:
+    def save(self, state: dict[str, Any], path: Path, copy: bool = True, previous: Path | None = None) -> None:
         """Queue a write of `state`; copy=False only for a state nothing will change in place."""
-        self.pending.append((path, self.pool.submit(save_atomic, snapshot(state) if copy else state, path)))
+        self.pending.append((path, self.pool.submit(save_atomic, snapshot(state) if copy else state, path,
+                                                    previous)))
 
     def wait(self) -> None:
         pending, self.pending = self.pending, []
@@ -97,6 +107,16 @@ def resolve(path: str | os.PathLike, option: str = "trainer.resume", names: tupl
     if not path.is_file():
         raise UserError(f"{option}: no checkpoint at '{path}'; pass {accepts}")
     return path
+
+
+# What trainer.resume=auto looks for in the run's checkpoints/ folder, newest first: last.pt, and
+# the last.pt before it (kept as previous.pt) in case the newest cannot be read.
+RESUMABLE = ("last.pt", "previous.pt")
+
+
+def resume_candidates(run_dir: Path) -> list[Path]:
+    """The resumable checkpoints in run_dir/checkpoints, newest first."""
+    return [p for p in (Path(run_dir) / "checkpoints" / name for name in RESUMABLE) if p.is_file()]
 
 
 def _legacy_header_complete(path: Path) -> bool:

@@ -31,6 +31,7 @@ from dlrun.optim import after_optimizer_step, after_validation, check_closure_op
 from dlrun.losses import Loss, build_loss
 from dlrun.regularization import Regularization, apply_maxnorm, penalized_weights, penalty
 from dlrun.train import checkpoint
+from dlrun.train.interrupt import StopRequest, catch_signals
 
 log = logging.getLogger("dlrun")
 
@@ -77,7 +78,7 @@ class Trainer:
                  writer: RunWriter, checkpoint_dir: Path | None, log_every: int, ratio_every: int,
                  stop_at_epoch: int | None = None, config: dict[str, Any] | None = None, loss: Loss | None = None,
                  ema_decay: float | None = None, grad_clip_mode: str = "norm",
-                 diagnostics: DiagnosticsSettings | None = None):
+                 diagnostics: DiagnosticsSettings | None = None, checkpoint_every_steps: int | None = None):
         self.model, self.data, self.optimizer, self.scheduler = model, data, optimizer, scheduler
         self.sched_interval = sched_interval
         self.device, self.precision = device, precision
@@ -110,7 +111,15 @@ class Trainer:
         optim_lr = (self.config.get("optim") or {}).get("lr") if isinstance(self.config, dict) else None
         self.ratio_watch = RatioWatch([(n, p) for n, p in model.named_parameters() if p.requires_grad], optimizer,
                                       float(optim_lr) if isinstance(optim_lr, (int, float)) else None)
-        self.checkpoint_epoch: int | None = None  # the epoch of the last checkpoints/last.pt this run wrote
+        self.checkpoint_every_steps = checkpoint_every_steps  # also write last.pt every N steps mid-epoch
+        self.checkpoint_written: str | None = None  # where in the run the last checkpoints/last.pt written is
+        # SIGINT/SIGTERM/SIGUSR1 during fit: the signal's name; the loop stops after the step it is in.
+        self.stop_request = StopRequest()
+        # Inside train_epoch: the steps of this epoch done so far and the shuffle generator's
+        # state before this epoch's permutation, so a checkpoint taken mid-epoch can continue it.
+        self.position: int | None = None
+        self.epoch_shuffle_state: torch.Tensor | None = None
+        self.resume_position: dict[str, Any] | None = None  # a mid-epoch checkpoint's, until train_epoch takes it
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         # L-BFGS re-evaluates the loss inside its step: it gets a closure (see _closure_step).
         self.closure_step = isinstance(optimizer, torch.optim.LBFGS)
@@ -147,30 +156,40 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- training
     def fit(self) -> str:
-        """Train until the last epoch (or max_steps); returns "finished" or "stopped"."""
+        """Train until the last epoch (or max_steps); returns "finished", "early_stopped", "stopped",
+        or "interrupted" (a signal: self.stop_request says which; checkpoints/last.pt holds the state)."""
         self.progress = StepProgress(self.total_steps, done=self.step)
         try:
-            while self.epoch < self.epochs and not self._out_of_steps():
-                self.epoch += 1
-                train_metrics = self.train_epoch()
-                val = self.evaluate(self.data.val)
-                if not math.isfinite(val["loss"]):  # before this epoch's checkpoint: none holds diverged weights
-                    raise UserError(self._diverged(f"the validation loss is {val['loss']} after epoch {self.epoch} "
-                                                   f"(step {self.step})"))
-                if self.ema is not None:
-                    self.ema_val = self.evaluate(self.data.val, self.ema.module)
-                improved = self._track_best(val)
-                after_validation(self.scheduler, self.sched_interval, val[self.monitor.split("/", 1)[1]])
-                self._end_epoch(train_metrics, val, improved)
-                if self._early_stop(val):
-                    log.info(f"early stopping: {self.monitor} has not improved by more than {self.reg.min_delta:g} "
-                             f"for {self.reg.patience} epochs; testing the best, epoch {self.best.epoch}")
-                    return "early_stopped"
-                if self.stop_at_epoch is not None and self.epoch >= self.stop_at_epoch and self.epoch < self.epochs:
-                    return "stopped"
+            with catch_signals(self.stop_request):
+                return self._fit()
         finally:
             self.progress.close()
             self.checkpoints.close()  # every checkpoint asked for is on disk (or its failure raised)
+
+    def _fit(self) -> str:
+        while self.epoch < self.epochs and not self._out_of_steps():
+            if self.stop_request:  # between epochs: last.pt of the epoch before is on its way
+                return "interrupted"
+            self.epoch += 1
+            train_metrics = self.train_epoch()
+            if train_metrics is None:  # a signal, mid-epoch
+                self.epoch -= 1  # epochs completed
+                return "interrupted"
+            val = self.evaluate(self.data.val)
+            if not math.isfinite(val["loss"]):  # before this epoch's checkpoint: none holds diverged weights
+                raise UserError(self._diverged(f"the validation loss is {val['loss']} after epoch {self.epoch} "
+                                               f"(step {self.step})"))
+            if self.ema is not None:
+                self.ema_val = self.evaluate(self.data.val, self.ema.module)
+            improved = self._track_best(val)
+            after_validation(self.scheduler, self.sched_interval, val[self.monitor.split("/", 1)[1]])
+            self._end_epoch(train_metrics, val, improved)
+            if self._early_stop(val):
+                log.info(f"early stopping: {self.monitor} has not improved by more than {self.reg.min_delta:g} "
+                         f"for {self.reg.patience} epochs; testing the best, epoch {self.best.epoch}")
+                return "early_stopped"
+            if self.stop_at_epoch is not None and self.epoch >= self.stop_at_epoch and self.epoch < self.epochs:
+                return "stopped"
         return "finished"
 
     def _early_stop(self, val: dict[str, float]) -> bool:
@@ -188,17 +207,40 @@ class Trainer:
     def _out_of_steps(self) -> bool:
         return self.max_steps is not None and self.step >= self.max_steps
 
-    def train_epoch(self) -> dict[str, float]:
+    def train_epoch(self) -> dict[str, float] | None:
+        """One epoch of steps (or the rest of one a mid-epoch checkpoint left); its train metrics,
+        or None when a signal stopped it (last.pt then holds the position within it)."""
         self.model.train()  # norm layers frozen by model.freeze stay in eval mode (see dlrun.models.transfer)
         train, batch_size = self.data.train, self.data.batch_size
+        resume, self.resume_position = self.resume_position, None
+        if resume is not None:  # the same permutation again, then on from the step it reached
+            self.shuffle.set_state(resume["shuffle"])
+        self.epoch_shuffle_state = self.shuffle.get_state()
         order = torch.randperm(len(train), generator=self.shuffle).to(self.device, non_blocking=True)
         started = time.perf_counter()
-        self.epoch_sums, self.epoch_steps, self.epoch_samples = [0.0, 0.0, 0.0, 0.0], 0, 0
-        for start in range(0, len(train), batch_size):
-            if self._out_of_steps():
-                break
-            index = order[start:start + batch_size]
-            self.train_step(train.x[index], train.y[index])
+        if resume is not None:
+            self.epoch_sums = [float(v) for v in resume["sums"]]
+            self.epoch_steps, self.epoch_samples = int(resume["steps_logged"]), int(resume["samples_logged"])
+            self.position = int(resume["step"])
+        else:
+            self.epoch_sums, self.epoch_steps, self.epoch_samples = [0.0, 0.0, 0.0, 0.0], 0, 0
+            self.position = 0
+        every = self.checkpoint_every_steps if self.checkpoint_dir is not None else None
+        try:
+            for start in range(self.position * batch_size, len(train), batch_size):
+                if self._out_of_steps():
+                    break
+                if self.stop_request:  # the step in flight has finished: save the position and stop
+                    self.train_seconds += time.perf_counter() - started
+                    self._save_mid_epoch()
+                    return None
+                index = order[start:start + batch_size]
+                self.train_step(train.x[index], train.y[index])
+                self.position += 1
+                if every and self.step % every == 0 and start + batch_size < len(train) and not self._out_of_steps():
+                    self._save_mid_epoch()
+        finally:
+            self.position = None
         self._mark_lr()  # the epoch's last step's lr: constant stretches end at epoch ends
         self._flush()  # the epoch's last partial window; also syncs, so the timing below is real
         self.train_seconds += time.perf_counter() - started
@@ -402,10 +444,10 @@ class Trainer:
         lr_text = f"now {lr:g}" + (f", {now:g} when it diverged" if not math.isclose(now, lr, rel_tol=1e-6) else "")
         if self.checkpoint_dir is None:
             where = "no checkpoint was written (trainer.checkpoint=false)"
-        elif self.checkpoint_epoch is None:
+        elif self.checkpoint_written is None:
             where = "no checkpoint was written by this run"
         else:
-            where = f"the last good checkpoint is {self.checkpoint_dir / 'last.pt'} (epoch {self.checkpoint_epoch})"
+            where = f"the last good checkpoint is {self.checkpoint_dir / 'last.pt'} ({self.checkpoint_written})"
         return (f"training diverged: {what}; the learning rate is likely too high or the init too large: "
                 f"lower optim.lr ({lr_text}), set trainer.grad_clip, or choose a smaller init=; {where}")
 
@@ -462,20 +504,51 @@ class Trainer:
                  + ("  *" if improved else ""))
         if self.checkpoint_dir is not None:
             self.checkpoints.wait()  # last epoch's writes: at most one epoch of checkpoints in flight
-            self.checkpoints.save(self.state_dict(), self.checkpoint_dir / "last.pt")
-            self.checkpoint_epoch = self.epoch
+            # best.pt before last.pt: a run killed between the two resumes from the older last.pt
+            # and redoes this epoch, which improves again and rewrites the same best.pt.
             if improved:  # best.state is already a private CPU copy: no second snapshot
                 self.checkpoints.save(self._best_payload(), self.checkpoint_dir / "best.pt", copy=False)
+            self.checkpoints.save(self.state_dict(), self.checkpoint_dir / "last.pt",
+                                  previous=self.checkpoint_dir / "previous.pt")
+            self.checkpoint_written = f"epoch {self.epoch}"
 
     # ------------------------------------------------------------------------- checkpoints
+    def _save_mid_epoch(self) -> None:
+        """Queue checkpoints/last.pt at this step, mid-epoch (trainer.checkpoint_every_steps, or a signal).
+
+        The logging window is flushed first, so the epoch's sums are whole and the NaN guard has
+        seen every loss; weights that are no longer finite are not written over the last good ones.
+        """
+        if self.checkpoint_dir is None:
+            return
+        self._mark_lr()
+        self._flush()
+        finite = torch.stack([p.detach().isfinite().all() for p in self.params]).all() if self.params else True
+        if not bool(finite):
+            return  # the next step's loss is not finite: the NaN guard stops the run there
+        self.checkpoints.wait()  # at most one last.pt in flight
+        self.checkpoints.save(self.state_dict(), self.checkpoint_dir / "last.pt",
+                              previous=self.checkpoint_dir / "previous.pt")
+        self.checkpoint_written = f"epoch {self.epoch}, step {self.step}"
+
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs to continue exactly where this one is."""
+        """Everything a resumed run needs to continue exactly where this one is.
+
+        Mid-epoch (inside train_epoch), "epoch" counts the epochs completed and "partial" says
+        where in the current one the run is: the shuffle state its permutation was drawn from,
+        the steps done, and the epoch's train-metric sums so far.
+        """
+        partial = None
+        if self.position is not None:
+            partial = {"step": self.position, "shuffle": self.epoch_shuffle_state, "sums": list(self.epoch_sums),
+                       "steps_logged": self.epoch_steps, "samples_logged": self.epoch_samples}
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "epoch": self.epoch,
+            "epoch": self.epoch - 1 if partial is not None else self.epoch,
+            "partial": partial,
             "step": self.step,
             "best": {"epoch": self.best.epoch, "value": self.best.value, "val": self.best.val},
             "early_stopping": {"best": self.early_best, "waited": self.early_waited},
@@ -520,6 +593,7 @@ class Trainer:
         if self.device.type == "cuda" and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.shuffle.set_state(state["rng"]["shuffle"])
+        self.resume_position = state.get("partial")  # a mid-epoch checkpoint: train_epoch continues that epoch
         self.train_samples = int(state.get("train_samples", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
 

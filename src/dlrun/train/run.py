@@ -154,6 +154,7 @@ def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
         stop_at_epoch=number(cfg, "trainer.stop_at_epoch", int, 1, optional=True),
         config=OmegaConf.to_container(cfg, resolve=True), ema_decay=ema_decay, grad_clip_mode=grad_clip_mode,
         diagnostics=diagnostics,
+        checkpoint_every_steps=number(cfg, "trainer.checkpoint_every_steps", int, 1, optional=True),
     )
 
 
@@ -177,14 +178,48 @@ def build_trainer(parts: Parts, log_dir: Path | None, checkpoint_dir: Path | Non
                    writer=writer, **options)
 
 
+def resume_auto(trainer: Trainer, run_dir: Path) -> Path | None:
+    """trainer.resume=auto: load the newest checkpoint of run_dir that loads; None: start fresh.
+
+    A checkpoint that cannot be read (truncated, corrupt) is logged and the one before it tried.
+    One that reads but does not fit this config (another model, optimizer or schedule) stops the
+    run: starting fresh would overwrite it.
+    """
+    for path in checkpoint.resume_candidates(run_dir):
+        try:
+            state = checkpoint.load(path)
+        except UserError as exc:
+            log.warning(f"trainer.resume=auto: skipping {path}: {exc}")
+            continue
+        trainer.load_state_dict(state, path)
+        return path
+    log.info(f"trainer.resume=auto: no checkpoint to continue from in {run_dir / 'checkpoints'}; starting fresh")
+    return None
+
+
+def error_line(exc: BaseException) -> str:
+    """An exception's first line, for summary.json (a UserError's message is one line already)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    text = lines[0].strip() if lines else ""
+    if isinstance(exc, UserError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -> dict[str, Any]:
-    """Train as `cfg` says, writing everything into `run_dir`; return the summary."""
+    """Train as `cfg` says, writing everything into `run_dir`; return the summary.
+
+    summary.json says "running" once the settings are checked and training starts, then how it
+    ended: "finished", "early_stopped", "stopped", "interrupted" (a signal; "signal" names it),
+    or "failed" with the error's first line (the exception still propagates).
+    """
     wall_start = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     choices = {k: v for k, v in (choices or {}).items() if not k.startswith("hydra") and v is not None}
     t = cfg.trainer
-    resume_path = checkpoint.resolve(t.resume) if t.resume else None  # fail before any work
+    auto = str(t.resume) == "auto"
+    resume_path = checkpoint.resolve(t.resume) if t.resume and not auto else None  # fail before any work
     parts = build_parts(cfg)
     data, model, device, precision = parts.data, parts.model, parts.device, parts.precision
     n_params = sum(p.numel() for p in model.parameters())
@@ -192,21 +227,38 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
 
     trainer = build_trainer(parts, run_dir / "tb", run_dir / "checkpoints" if t.checkpoint else None)
     writer = trainer.writer
+    summary: dict[str, Any] = {}
+
+    def facts() -> dict[str, Any]:
+        return {"task": data.task, "epochs": trainer.epoch, "steps": trainer.step, "params": n_params,
+                "trainable_params": n_trainable, "device": str(device), "precision": precision,
+                "choices": choices, "hparams": hyperparameters(cfg, choices), "dlrun_version": __version__}
+
     try:
         counted = f"{n_params:,} parameters" + (f", {n_trainable:,} trainable" if n_trainable != n_params else "")
         log.info(f"model {type(model).__name__} ({counted}) on {device}, precision {precision}, "
                  f"{trainer.epochs} epochs x {trainer.steps_per_epoch} steps")
-        if resume_path is not None:
+        if auto:
+            resume_path = resume_auto(trainer, run_dir)
+        elif resume_path is not None:
             trainer.load_state_dict(checkpoint.load(resume_path), resume_path)
+        if resume_path is not None:
             log.info(f"resumed from {resume_path} at epoch {trainer.epoch}, step {trainer.step}")
-
-        status = trainer.fit()
-        done = status in ("finished", "early_stopped")
-        test = trainer.test() if done else {}
-        test_ema = trainer.test_ema() if done else {}
+        write_json({"status": "running", **facts()}, run_dir / "summary.json")
+        try:
+            status = trainer.fit()
+            done = status in ("finished", "early_stopped")
+            test = trainer.test() if done else {}
+            test_ema = trainer.test_ema() if done else {}
+        except BaseException as exc:
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            write_json({"status": "interrupted" if interrupted else "failed", "error": error_line(exc),
+                        **facts(), "wall_s": time.perf_counter() - wall_start}, run_dir / "summary.json")
+            raise
         wall = time.perf_counter() - wall_start
         summary = {
             "status": status,
+            **({"signal": trainer.stop_request.signal} if status == "interrupted" else {}),
             "task": data.task,
             "test": test,
             **({"test_ema": test_ema} if test_ema else {}),
@@ -231,8 +283,22 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
     finally:
         writer.close()
     write_json(summary, run_dir / "summary.json")
+    if status == "interrupted":
+        log_interrupted(trainer, run_dir)
     print_results(summary, run_dir)
     return summary
+
+
+def log_interrupted(trainer: Trainer, run_dir: Path) -> None:
+    """The one line a signal gets: what happened, what was saved, how to go on."""
+    last = run_dir / "checkpoints" / "last.pt"
+    what = f"{trainer.stop_request.signal}: stopped after step {trainer.step} ({trainer.epoch} epochs done)"
+    if trainer.checkpoint_dir is None:
+        log.warning(f"{what}; no checkpoint written (trainer.checkpoint=false), nothing to continue from")
+    elif not last.is_file():
+        log.warning(f"{what}, before any checkpoint; nothing to continue from")
+    else:
+        log.warning(f"{what}; saved {last}; continue with: dlrun train <same overrides> trainer.resume={run_dir}")
 
 
 def print_results(summary: dict[str, Any], run_dir: Path) -> None:
