@@ -67,19 +67,31 @@ def worst(lines: list[Line]) -> str:
     return max((line.verdict for line in lines), key=VERDICTS.index, default="ok")
 
 
-def compose(args: list[str]) -> DictConfig:
-    """train's config from the user's overrides, with the check options added as `check`."""
+def compose(args: list[str], config: str = "train", extra: tuple[str, ...] = ("+check=options",),
+            takes: str = "the overrides dlrun train takes and check.KEY=VALUE") -> DictConfig:
+    """`config` composed from the user's overrides (and `extra`): by default train's config with
+    the check options added as `check`. An option (-x) is refused first, in one line."""
     for arg in args:
         if arg.startswith("-"):
-            raise UserError(f"unknown option {arg!r}; dlrun check takes the overrides dlrun train takes "
-                            "and check.KEY=VALUE (dlrun check --help)")
+            raise UserError(f"unknown option {arg!r}; dlrun check takes {takes} (dlrun check --help)")
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     from dlrun.paths import CONFIG_DIR
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        return hydra_compose("train", overrides=[*args, "+check=options"])
+        return hydra_compose(config, overrides=[*args, *extra])
+
+
+def output_dir(out: Path) -> Path:
+    """check.out made, or one line: a check never writes over another's check.json."""
+    if (out / "check.json").exists():
+        raise UserError(f"check.out={out} already holds a check.json; choose another directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"check.out={out}: cannot make the directory ({exc.strerror}); choose another") from None
+    return out
 
 
 def read_options(cfg: DictConfig) -> dict[str, Any]:
@@ -136,17 +148,11 @@ def run(name: str, checks: list[tuple[str, Callable[[Context], list[Line]]]], ar
 
     cfg = compose(args)
     options = read_options(cfg)
-    out = Path(options["out"])
-    if (out / "check.json").exists():
-        raise UserError(f"check.out={out} already holds a check.json; choose another directory")
+    out = output_dir(Path(options["out"]))
     from rich import get_console
 
     from dlrun.monitor.tensorboard import RunWriter
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"check.out={out}: cannot make the directory ({exc.strerror}); choose another") from None
     console = get_console()
     writer = RunWriter(out / "tb")
     context = Context(cfg, options, out, writer)
@@ -235,9 +241,3 @@ def batches(n: int, batch_size: int, steps: int, seed: int):
             order = list(torch.randperm(n, generator=generator).split(batch_size))
         yield order.pop(0)
 
-
-def expected_initial_loss(loss, out, y) -> float:
-    """The loss of all-zero outputs: what a net whose init is small starts near (ln C for softmax)."""
-    import torch
-
-    return float(loss(torch.zeros_like(out, dtype=torch.float32), y))

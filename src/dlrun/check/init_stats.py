@@ -211,21 +211,13 @@ def stats_table(results: list[PairStats], title: str | None = None) -> Table:
 
 def main(args: list[str]) -> None:
     """Compose, check, run, print the table, write check.json and the histograms."""
-    for arg in args:
-        if arg.startswith("-"):
-            raise UserError(f"unknown option {arg!r}; dlrun check init takes check.KEY=VALUE overrides "
-                            "(dlrun check init --help)")
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from dlrun.paths import CONFIG_DIR
+    from dlrun.check.common import compose, output_dir
 
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose(CONFIG, overrides=list(args))
+    cfg = compose(list(args), CONFIG, extra=(), takes="check.KEY=VALUE overrides")
     options = read_options(OmegaConf.to_container(cfg.check, resolve=True))
-    out = Path(options["out"])
-    if (out / "check.json").exists():
-        raise UserError(f"check.out={out} already holds a check.json; choose another directory")
+    out = output_dir(Path(options["out"]))  # before torch's start-up: a clash costs nothing
     import time
 
     from rich import get_console
@@ -233,10 +225,6 @@ def main(args: list[str]) -> None:
     from dlrun.monitor.tensorboard import RunWriter
 
     layers, width, batch, seed = (options[k] for k in ("layers", "width", "batch", "seed"))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"check.out={out}: cannot make the directory ({exc.strerror}); choose another") from None
     writer = RunWriter(out / "tb", enabled=options["histograms"])
     start = time.perf_counter()
     try:

@@ -46,7 +46,7 @@ def measure(trainer, split, indices, batch_size: int) -> tuple[float, float, flo
     with torch.no_grad():
         for chunk in indices.split(batch_size):
             x, y = split.x[chunk], split.y[chunk]
-            out, loss, reg_loss = trainer._forward(x, y)
+            out, loss, reg_loss = trainer.forward_loss(x, y)
             weight = len(chunk) / len(indices)
             total += float(loss) * weight
             penalty += float(reg_loss) * weight if reg_loss is not None else 0.0

@@ -280,8 +280,19 @@ class Trainer:
         if log_now:
             self._flush(grad_norm)
 
+    def forward_loss(self, x: torch.Tensor, y: torch.Tensor,
+                     diagnose: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The model's output, the loss to minimise (data loss + penalty) and the penalty alone,
+        as training computes them; with `diagnose`, the diagnostics hook this forward only."""
+        if diagnose:
+            self.diagnostics.start()
+            try:
+                return self._forward(x, y)
+            finally:
+                self.diagnostics.stop()
+        return self._forward(x, y)
+
     def _forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The model's output, the loss to minimise (data loss + penalty) and the penalty alone."""
         with self.autocast():
             out = self.model(x)
             data_loss = self.loss_fn(out.float(), y)
@@ -293,14 +304,7 @@ class Trainer:
     def _gradient_step(self, x: torch.Tensor, y: torch.Tensor, measure_ratio: bool, log_now: bool,
                        diagnose: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Forward, backward, (unscale, clip,) step: every optimizer but L-BFGS."""
-        if diagnose:
-            self.diagnostics.start()  # forward hooks for this forward only
-            try:
-                out, loss, reg_loss = self._forward(x, y)
-            finally:
-                self.diagnostics.stop()
-        else:
-            out, loss, reg_loss = self._forward(x, y)
+        out, loss, reg_loss = self.forward_loss(x, y, diagnose)
         if reg_loss is not None:
             self.window_reg.append(reg_loss.detach())
 
@@ -329,9 +333,7 @@ class Trainer:
         else:
             self.optimizer.step()
         if measure_ratio:
-            ratios = self.update_ratio.measure()
-            self.writer.scalars({f"update_ratio/{name}": r for name, r in ratios.items()}, self.step)
-            self.ratio_watch.add(ratios, self.step)
+            self._log_ratios()
         return out, loss, grad_norm
 
     def _closure_step(self, x: torch.Tensor, y: torch.Tensor, measure_ratio: bool, log_now: bool,
@@ -346,14 +348,7 @@ class Trainer:
 
         def closure() -> torch.Tensor:
             self.optimizer.zero_grad(set_to_none=True)
-            if diagnose and not first:  # diagnostics of the first evaluation only
-                self.diagnostics.start()
-                try:
-                    out, loss, reg_loss = self._forward(x, y)
-                finally:
-                    self.diagnostics.stop()
-            else:
-                out, loss, reg_loss = self._forward(x, y)
+            out, loss, reg_loss = self.forward_loss(x, y, diagnose and not first)  # diagnose the first evaluation
             loss.backward()
             if not first:
                 if diagnose:
@@ -368,12 +363,16 @@ class Trainer:
             self.update_ratio.snapshot()
         self.optimizer.step(closure)
         if measure_ratio:
-            ratios = self.update_ratio.measure()
-            self.writer.scalars({f"update_ratio/{name}": r for name, r in ratios.items()}, self.step)
-            self.ratio_watch.add(ratios, self.step)
+            self._log_ratios()
         if first["reg"] is not None:
             self.window_reg.append(first["reg"])
         return first["out"], first["loss"], first["grad_norm"]
+
+    def _log_ratios(self) -> None:
+        """After the step a snapshot was taken for: log each tensor's update/weight ratio, watch it."""
+        ratios = self.update_ratio.measure()
+        self.writer.scalars({f"update_ratio/{name}": r for name, r in ratios.items()}, self.step)
+        self.ratio_watch.add(ratios, self.step)
 
     def _record_lr(self) -> None:
         """Note the lr this optimizer step runs at (a host float: no device work)."""
