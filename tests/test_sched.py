@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from dlrun.errors import UserError
 from dlrun.optim import Warmup, after_optimizer_step, after_validation, build_optimizer, build_scheduler
 from dlrun.paths import CONFIG_DIR
+from dlrun.schema import validate
 from dlrun.train import checkpoint
 from dlrun.train.loop import Trainer
 from tests.conftest import make_config, train
@@ -43,8 +44,9 @@ CLOSED_FORMS = {
 
 
 def dummy(*overrides, epochs, total_steps, maximize=True):
-    """A one-parameter SGD optimizer and the schedule, both built from the real configs."""
+    """A one-parameter SGD optimizer and the schedule, both built from the real configs, checked as a run checks them."""
     cfg, _ = make_config("optim=sgd", f"optim.lr={LR0}", *overrides)
+    validate(cfg)
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = build_optimizer(cfg.optim, [param])
     scheduler, interval = build_scheduler(cfg.sched, optimizer, epochs, total_steps, maximize=maximize)
@@ -194,7 +196,7 @@ def test_a_run_resumed_mid_warmup_ends_exactly_like_an_unbroken_one(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (("sched.interval=batch",), "sched.interval='batch' must be epoch or step"),
+    (("sched.interval=batch",), "sched.interval='batch' must be one of epoch, step"),
     (("sched.warmup_steps=-1",), "sched.warmup_steps=-1 must be an integer >= 0"),
     (("sched.warmup_steps=5000",), "sched.warmup_steps=5000 is longer than the run (100 optimizer steps)"),
     (("sched=plateau", "sched.interval=step"), "sched=plateau is stepped with the validation metric after each epoch"),
@@ -206,7 +208,7 @@ def test_a_run_resumed_mid_warmup_ends_exactly_like_an_unbroken_one(tmp_path):
     (("sched=inverse_time", "sched.k=-1"), "sched.k=-1 must be a number >= 0"),
     (("sched=linear", "sched.start_factor=0"), "sched.start_factor=0 must be a number in (0, 1]"),
     (("sched=onecycle", "sched.pct_start=1.5"), "sched.pct_start=1.5 must be a number in (0, 1)"),
-    (("sched=cosine", "sched.T_max=0"), "sched.T_max=0 must be an integer >= 1, or null for the whole run"),
+    (("sched=cosine", "sched.T_max=0"), "sched.T_max=0 must be an integer >= 1 or null (null: the whole run)"),
 ])
 def test_bad_schedule_values_are_one_line(overrides, message):
     with pytest.raises(UserError) as error:

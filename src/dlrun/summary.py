@@ -69,7 +69,9 @@ def main(args: list[str]) -> None:
     from rich import get_console
 
     from dlrun.build import build, build_model
+    from dlrun.schema import validate
 
+    validate(cfg)
     data = build(cfg.data)  # tensors stay on the CPU: no .to(device) as in training
     model = build_model(cfg, data)
     x = data.train.x[:BATCH]
