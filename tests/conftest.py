@@ -37,6 +37,13 @@ def train(run_dir: Path, *overrides: str) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def refused(run_dir: Path) -> bool:
+    """A run refused before training: summary.json says failed (a sweep's report sees why), and no
+    event file or checkpoint was written."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return summary["status"] == "failed" and not list(run_dir.rglob("*.pt")) and not list(run_dir.rglob("events.*"))
+
+
 def dlrun(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess, as a user would, without a terminal."""
     return subprocess.run([sys.executable, "-m", "dlrun", *args], cwd=cwd, capture_output=True, text=True,

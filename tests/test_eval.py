@@ -42,6 +42,16 @@ def test_run_directory_reproduces_summary_test_metrics_exactly(run, capsys):
     assert files(run_dir) == before
 
 
+def test_last_pt_of_an_ema_run_also_scores_the_averaged_weights(tmp_path, capsys):
+    summary = train(tmp_path / "ema", *OVERRIDES, "trainer.ema_decay=0.9")
+    result = evaluate(str(tmp_path / "ema" / "checkpoints" / "last.pt"))
+    assert result["test_ema"] == summary["test_ema"]  # the run's final averaged weights, to the last digit
+    assert result["test_ema"] != result["test"]  # not the raw weights again
+    main([f"ckpt={tmp_path / 'ema' / 'checkpoints' / 'last.pt'}"])
+    row = f"│ test (EMA weights) │     359 │ {summary['test_ema']['loss']:.4f} │   {summary['test_ema']['acc']:.4f} │"
+    assert row in capsys.readouterr().out
+
+
 def test_cli_prints_the_table_and_writes_nothing(run, tmp_path):
     run_dir, summary = run
     before = files(run_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -173,12 +174,21 @@ def watch_until(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float
 
 @pytest.fixture(scope="module")
 def whole_long(tmp_path_factory):
-    return train(tmp_path_factory.mktemp("whole_long"), *LONG)
+    run_dir = tmp_path_factory.mktemp("whole_long")
+    return {**train(run_dir, *LONG), "run_dir": run_dir}
+
+
+def tensorboard_steps(tb: Path, tag: str) -> list[int]:
+    """The steps TensorBoard shows for `tag`, after its purge of steps a resumed run logs again."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return [event.step for event in EventAccumulator(str(tb)).Reload().Scalars(tag)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_at", [8, 50])  # mid-epoch 1; mid-epoch 3
-def test_sigkill_then_resume_auto_ends_like_an_unbroken_run(tmp_path, whole_long, kill_at):
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sigkill_then_resume_auto_ends_like_an_unbroken_run(tmp_path, whole_long, seed):
+    kill_at = random.Random(seed).randrange(4, 150)  # a random step of the 168
     run = tmp_path / "run"
     proc = popen(run, *LONG, "trainer.checkpoint_every_steps=3", cwd=tmp_path)
     seen = watch_until(proc, run, kill_at)
@@ -188,6 +198,7 @@ def test_sigkill_then_resume_auto_ends_like_an_unbroken_run(tmp_path, whole_long
     assert read_summary(run)["status"] == "running"  # nobody could say otherwise
     on_disk = {p.name: checkpoint.load(p) for p in (run / "checkpoints").glob("*.pt")}
     assert on_disk["last.pt"]["step"] >= seen[-1] >= kill_at
+    (run / "checkpoints" / ".last.pt.99999.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-write leaves
 
     resumed = subprocess.run([sys.executable, "-m", "dlrun", "train", f"hydra.run.dir={run}", *LONG,
                               "trainer.checkpoint_every_steps=3", "trainer.resume=auto"],
@@ -196,6 +207,11 @@ def test_sigkill_then_resume_auto_ends_like_an_unbroken_run(tmp_path, whole_long
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {run / 'checkpoints/last.pt'} at epoch" in resumed.stdout
     assert numbers(read_summary(run)) == numbers(whole_long)
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+    # Every step the unbroken run logged is there (flushed with each checkpoint), each once, though two
+    # processes logged; the resumed run also logged the windows its mid-epoch checkpoints closed.
+    steps = tensorboard_steps(run / "tb", "train/loss")
+    assert steps == sorted(set(steps)) and set(tensorboard_steps(whole_long["run_dir"] / "tb", "train/loss")) <= set(steps)
 
 
 @pytest.mark.slow
@@ -221,3 +237,35 @@ def test_sigint_and_sigterm_save_last_pt_and_exit_with_their_codes(tmp_path, who
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert numbers(read_summary(run)) == numbers(whole_long)
+
+
+def test_a_resumed_writer_hides_what_the_killed_run_logged_past_its_checkpoint(tmp_path):
+    from dlrun.monitor.tensorboard import RunWriter
+
+    killed = RunWriter(tmp_path)
+    for step in range(1, 11):
+        killed.scalars({"val/loss": 1.0 / step}, step)
+    killed.flush()  # on disk now, as with each checkpoint: a reader sees it while the run goes on
+    assert tensorboard_steps(tmp_path, "val/loss") == list(range(1, 11))
+    killed.close()
+    resumed = RunWriter(tmp_path)  # resumed from a checkpoint of step 4; logs other tags first
+    resumed.resumed_at(4)
+    resumed.scalars({"train/loss": 0.5}, 5)
+    resumed.close()
+    assert tensorboard_steps(tmp_path, "val/loss") == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_final_test_evaluation_lets_it_finish(tmp_path, monkeypatch, sig, caplog):
+    original = Trainer.test
+
+    def test_then_signalled(self):
+        os.kill(os.getpid(), sig)  # arrives while the test split is evaluated
+        time.sleep(0.05)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "test", test_then_signalled)
+    summary = train(tmp_path, "trainer.device=cpu", "trainer.epochs=1", "model.hidden=[16]")
+    assert summary["status"] == "finished" and "acc" in summary["test"]
+    assert f"{sig.name} arrived during the final test evaluation" in caplog.text
+    assert signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL)  # handlers given back

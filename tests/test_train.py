@@ -10,7 +10,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from dlrun.errors import UserError
 from dlrun.train import checkpoint
-from tests.conftest import blobs, train
+from tests.conftest import blobs, refused, train
 
 # The summary.json numbers that must not depend on timing.
 NUMBERS = ("status", "test", "best", "epochs", "steps", "params")
@@ -108,8 +108,11 @@ def test_sequences_and_signals_from_npz_train_with_the_mlp(npz, tmp_path):
 
 
 def test_resume_refuses_missing_corrupt_hostile_and_mismatched_checkpoints(tmp_path):
-    with pytest.raises(UserError, match="no checkpoint at"):
+    with pytest.raises(UserError, match="trainer.resume=.*nowhere': no such file or directory"):
         train(tmp_path / "a", f"trainer.resume={tmp_path / 'nowhere'}")
+    (tmp_path / "empty_run").mkdir()  # a directory with no checkpoint in it
+    with pytest.raises(UserError, match="no checkpoint at"):
+        train(tmp_path / "b", f"trainer.resume={tmp_path / 'empty_run'}")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x00" * 100)
     with pytest.raises(UserError, match="truncated or corrupt"):
@@ -185,7 +188,7 @@ def test_bad_values_fail_before_training(tmp_path):
         train(tmp_path / "c", "trainer.precision=8")
     with pytest.raises(UserError, match="trainer.monitor"):
         train(tmp_path / "d", "trainer.monitor=val/f1")
-    assert not any((tmp_path / d / "summary.json").exists() for d in "abcd")
+    assert all(refused(tmp_path / d) for d in "abcd")
 
 
 def test_fast_crc_is_tensorboards_masked_crc32c():

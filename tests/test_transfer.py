@@ -14,7 +14,7 @@ from dlrun.build import build, build_model
 from dlrun.errors import UserError
 from dlrun.models.transfer import freeze, head_name, load_weights
 from dlrun.train import checkpoint
-from tests.conftest import blobs, dlrun, make_config, train
+from tests.conftest import blobs, dlrun, make_config, refused, train
 
 MLP_BN = ("model.hidden=[32]", "++model.norm=batch")  # Flatten, Linear, BatchNorm1d, ReLU, Linear (the head: "4")
 HEAD = ("4.weight", "4.bias")
@@ -94,7 +94,7 @@ def test_freeze_by_prefixes_on_dotted_boundaries_and_unknown_prefixes_refused(tm
     assert re.search(r"model.freeze: 'feature' matches no parameter of CNN; .*\(e.g. features or features.0\), "
                      r"or backbone; its modules: features, classifier$",
                      one_line(err))
-    assert not (tmp_path / "bad/summary.json").exists()
+    assert refused(tmp_path / "bad")
     with pytest.raises(UserError, match="freezes every parameter"):
         freeze(nn.ModuleDict({"a": nn.Linear(2, 2), "b": nn.Linear(2, 2)}), ["a", "b"])
 
@@ -126,7 +126,7 @@ def test_a_mismatch_outside_the_head_and_missing_or_unexpected_keys_are_refused(
     assert "3.weight" not in message  # the head may differ; it is not what is wrong
     assert "use the same model and data overrides the weights were trained with" in message
     assert message.endswith("(they were trained with model.hidden=[8]; this run has [16])")
-    assert not (tmp_path / "big/summary.json").exists()
+    assert refused(tmp_path / "big")
 
     state = built("model.hidden=[16]").state_dict()
     torch.save({**state, "extra.weight": torch.zeros(2)}, tmp_path / "extra.pt")
@@ -238,6 +238,7 @@ def test_cli_missing_weights_is_one_line_exit_2_and_writes_nothing(tmp_path):
     result = dlrun("train", f"model.weights={tmp_path / 'nope.pt'}", "model.freeze=backbone", cwd=tmp_path)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and lines == [
-        f"dlrun train: error: model.weights: no checkpoint at '{tmp_path / 'nope.pt'}'; "
-        "pass a run directory, a .pt/.pth file, or imagenet"], result.stderr
-    assert not list(tmp_path.rglob("summary.json")) and not list(tmp_path.rglob("*.pt"))
+        f"dlrun train: error: model.weights='{tmp_path / 'nope.pt'}': no such file or directory; "
+        "model.weights takes imagenet, null or a dlrun run directory or a .pt/.pth file"], result.stderr
+    summaries = list(tmp_path.rglob("summary.json"))
+    assert len(summaries) == 1 and refused(summaries[0].parent)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 COMMANDS = {
@@ -115,17 +116,56 @@ def main(argv: list[str] | None = None) -> None:
 
     # Let exceptions reach us instead of Hydra's multi-line report, so a user's mistake prints
     # as one line. A user who sets HYDRA_FULL_ERROR=1 still gets the full traceback.
-    _full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    asked = os.environ.get("HYDRA_FULL_ERROR")
+    _full_error = asked == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv = [f"dlrun {command}", *rest]
+    try:
+        _run(command, rest)
+    finally:  # as the user had it, for a caller that runs main again in this process
+        if asked is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = asked
 
+
+def check_group_choices(args: list[str]) -> None:
+    """A group override must name the group's options: `model=1.5` fails here in one line (Hydra
+    would raise a ValueError from deep inside its defaults list, a traceback)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    from dlrun.errors import UserError
+    from dlrun.paths import CONFIG_DIR
+
+    groups = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
+    overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
+    for override in overrides:
+        if override.key_or_group not in groups or override.is_delete():
+            continue
+        value = override.value()
+        names = value.list if isinstance(value, ChoiceSweep) else value if isinstance(value, list) else [value]
+        if not all(isinstance(name, str) for name in names):
+            group = override.key_or_group
+            options = sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+            raise UserError(f"{override.input_line}: {group} takes the name of one of its "
+                            f"configs: {', '.join(options)}")
+
+
+def _run(command: str, rest: list[str]) -> None:
+    """Run a command whose user mistakes end in `fail`."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from dlrun.errors import UserError
 
     try:
+        if command != "eval":  # eval's overrides apply to a checkpoint's saved config, not to groups
+            check_group_choices(rest)
         if command == "train":
+            from dlrun.rundir import refuse_reuse_before_hydra
+
+            refuse_reuse_before_hydra(rest)
             from dlrun.train.app import train_app
 
             train_app()

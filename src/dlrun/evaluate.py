@@ -127,6 +127,13 @@ def evaluate(ckpt: str, overrides: list[str] = ()) -> dict[str, Any]:
     trainer = build_trainer(parts, None)  # no TensorBoard, no checkpoints: the Trainer's evaluate only
     try:
         metrics = {split: trainer.evaluate(parts.data.splits[split]) for split in SPLITS}
+        if state.get("ema") is not None:  # last.pt of a run with trainer.ema_decay: its averaged weights too
+            from torch.optim.swa_utils import AveragedModel
+
+            ema = AveragedModel(parts.model, use_buffers=True)
+            checkpoint.load_model_state(ema, state["ema"], path)
+            metrics.update({f"{split}_ema": trainer.evaluate(parts.data.splits[split], ema.module)
+                            for split in SPLITS})
     finally:
         trainer.writer.close()
         trainer.checkpoints.close()
@@ -168,7 +175,9 @@ def main(args: list[str]) -> None:
     if classification:
         table.add_column("accuracy", justify="right")
     for split in SPLITS:
-        m = result[split]
-        table.add_row(split, f"{result['samples'][split]:,}", f"{m['loss']:.4f}",
-                      *([f"{m['acc']:.4f}"] if classification else []))
+        for key, name in ((split, split), (f"{split}_ema", f"{split} (EMA weights)")):
+            if key in result:
+                m = result[key]
+                table.add_row(name, f"{result['samples'][split]:,}", f"{m['loss']:.4f}",
+                              *([f"{m['acc']:.4f}"] if classification else []))
     console.print(table, highlight=False)

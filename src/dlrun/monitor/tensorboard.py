@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
@@ -59,6 +60,19 @@ class RunWriter:
         for summary in hparams(params, metrics):
             self.writer.file_writer.add_summary(summary)
         self.scalars(metrics, step)
+
+    def flush(self) -> None:
+        """Put every event so far on disk (the writer would wait up to 2 minutes): called with each
+        checkpoint, so a run killed outright keeps its curves up to the step it resumes from."""
+        if self.writer is not None:
+            self.writer.flush()
+
+    def resumed_at(self, step: int) -> None:
+        """The run continues from a checkpoint of `step`: TensorBoard hides this folder's events
+        past it (what the run logged after that checkpoint before it stopped), so the resumed
+        curves do not show each of those steps twice. The same record SummaryWriter's purge_step writes."""
+        if self.writer is not None:
+            self.writer.file_writer.add_event(Event(step=step + 1, session_log=SessionLog(status=SessionLog.START)))
 
     def close(self) -> None:
         if self.writer is not None:

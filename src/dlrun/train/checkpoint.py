@@ -45,6 +45,16 @@ def save_atomic(obj: dict[str, Any], path: Path, previous: Path | None = None) -
         raise
 
 
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files a process killed mid-write left in `folder` (never a whole checkpoint).
+
+    save_atomic names them .NAME.PID.tmp; only one run writes into a run directory at a time."""
+    stale = sorted(Path(folder).glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def snapshot(obj: Any) -> Any:
     """A copy of every tensor in a nested state (on the CPU), so training can go on changing them."""
     if isinstance(obj, torch.Tensor):

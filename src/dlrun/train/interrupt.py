@@ -1,5 +1,8 @@
 """SIGINT, SIGTERM and SIGUSR1 during `fit`: finish the step, write last.pt, end "interrupted".
 
+`dlrun train` also keeps them noted through the final test evaluation (seconds), which then
+completes: the run has finished and nothing is lost, so it ends "finished", exit status 0.
+
 The handlers only note the signal; the loop checks the note between optimizer steps. They are
 installed for the duration of `fit` only, in the main thread only (Python runs signal handlers
 there and refuses to install them elsewhere), and the previous handlers come back afterwards.
@@ -29,6 +32,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal: str | None = None
+        self.catching = False  # handlers installed for this request (catch_signals nests)
 
     def __bool__(self) -> bool:
         return self.signal is not None
@@ -36,8 +40,9 @@ class StopRequest:
 
 @contextlib.contextmanager
 def catch_signals(request: StopRequest) -> Iterator[StopRequest]:
-    """Note SIGINT/SIGTERM/SIGUSR1 in `request` while inside; outside the main thread, do nothing."""
-    if threading.current_thread() is not threading.main_thread():
+    """Note SIGINT/SIGTERM/SIGUSR1 in `request` while inside; outside the main thread, or inside an
+    outer catch_signals of the same request, do nothing more."""
+    if threading.current_thread() is not threading.main_thread() or request.catching:
         yield request
         return
 
@@ -48,12 +53,14 @@ def catch_signals(request: StopRequest) -> Iterator[StopRequest]:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     previous = {}
+    request.catching = True
     try:
         for sig in _signals():
             previous[sig] = signal.getsignal(sig)
             signal.signal(sig, note)
         yield request
     finally:
+        request.catching = False
         for sig, handler in previous.items():
             # None: a handler installed from outside Python, which cannot be put back; the default is.
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

@@ -509,6 +509,7 @@ class Trainer:
                 self.checkpoints.save(self._best_payload(), self.checkpoint_dir / "best.pt", copy=False)
             self.checkpoints.save(self.state_dict(), self.checkpoint_dir / "last.pt",
                                   previous=self.checkpoint_dir / "previous.pt")
+            self.writer.flush()
             self.checkpoint_written = f"epoch {self.epoch}"
 
     # ------------------------------------------------------------------------- checkpoints
@@ -528,6 +529,7 @@ class Trainer:
         self.checkpoints.wait()  # at most one last.pt in flight
         self.checkpoints.save(self.state_dict(), self.checkpoint_dir / "last.pt",
                               previous=self.checkpoint_dir / "previous.pt")
+        self.writer.flush()
         self.checkpoint_written = f"epoch {self.epoch}, step {self.step}"
 
     def state_dict(self) -> dict[str, Any]:

@@ -19,11 +19,14 @@ from dlrun.build import build, build_model
 from dlrun.config import number
 from dlrun.errors import UserError
 from dlrun.losses import Loss, build_loss, check_targets
+from dlrun.rundir import refuse_reuse
+from dlrun.schema import validate
 from dlrun.regularization import Regularization, parameter_groups, regularization
 from dlrun.monitor.tensorboard import RunWriter, flatten
 from dlrun.optim import (build_optimizer, build_scheduler, check_closure_optimizer, check_optimizer, check_schedule,
                          uses_closure)
 from dlrun.train import checkpoint
+from dlrun.train.interrupt import catch_signals
 from dlrun.train.loop import Trainer, plan, resolve_monitor
 
 log = logging.getLogger("dlrun")
@@ -100,6 +103,7 @@ def build_parts(cfg: DictConfig) -> Parts:
 
     Every bad value fails here with one line, before any data is read where that can be checked.
     """
+    validate(cfg)  # types, ranges, unknown keys and paths, against the groups' schemas
     t = cfg.trainer
     settings = trainer_settings(cfg)
     check_optimizer(cfg.optim)  # bad optim= and sched= values, too, before any data is read
@@ -217,15 +221,24 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     choices = {k: v for k, v in (choices or {}).items() if not k.startswith("hydra") and v is not None}
-    t = cfg.trainer
-    auto = str(t.resume) == "auto"
-    resume_path = checkpoint.resolve(t.resume) if t.resume and not auto else None  # fail before any work
-    parts = build_parts(cfg)
+    # A run already there is continued (trainer.resume), never overwritten.
+    refuse_reuse(run_dir, OmegaConf.select(cfg, "trainer.resume", default=None))
+    try:
+        validate(cfg)
+        t = cfg.trainer
+        auto = str(t.resume) == "auto"
+        resume_path = checkpoint.resolve(t.resume) if t.resume and not auto else None  # fail before any work
+        parts = build_parts(cfg)
+        trainer = build_trainer(parts, run_dir / "tb", run_dir / "checkpoints" if t.checkpoint else None)
+    except UserError as exc:  # a setting refused: the run directory says so too, for a sweep's report
+        if not (run_dir / "summary.json").exists():
+            write_json({"status": "failed", "error": error_line(exc), "choices": choices}, run_dir / "summary.json")
+        raise
     data, model, device, precision = parts.data, parts.model, parts.device, parts.precision
+    for stale in checkpoint.remove_partial_writes(run_dir / "checkpoints"):
+        log.info(f"removed {stale}, a checkpoint write a killed process left unfinished")
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # model.freeze leaves the rest out
-
-    trainer = build_trainer(parts, run_dir / "tb", run_dir / "checkpoints" if t.checkpoint else None)
     writer = trainer.writer
     summary: dict[str, Any] = {}
 
@@ -243,13 +256,18 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
         elif resume_path is not None:
             trainer.load_state_dict(checkpoint.load(resume_path), resume_path)
         if resume_path is not None:
+            writer.resumed_at(trainer.step)
             log.info(f"resumed from {resume_path} at epoch {trainer.epoch}, step {trainer.step}")
         write_json({"status": "running", **facts()}, run_dir / "summary.json")
         try:
-            status = trainer.fit()
-            done = status in ("finished", "early_stopped")
-            test = trainer.test() if done else {}
-            test_ema = trainer.test_ema() if done else {}
+            with catch_signals(trainer.stop_request):  # through the test evaluation, not only fit
+                status = trainer.fit()
+                done = status in ("finished", "early_stopped")
+                test = trainer.test() if done else {}
+                test_ema = trainer.test_ema() if done else {}
+            if done and trainer.stop_request:
+                log.warning(f"{trainer.stop_request.signal} arrived during the final test evaluation, which "
+                            "completed: the run has finished and nothing is lost")
         except BaseException as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
             write_json({"status": "interrupted" if interrupted else "failed", "error": error_line(exc),

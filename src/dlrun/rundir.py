@@ -1,0 +1,56 @@
+"""A run directory that already holds a run is never overwritten: it is continued or refused.
+
+Hydra's default run directory has microseconds in its name, so a clash comes only from an
+explicit `hydra.run.dir=...` (or `hydra.sweep.dir=...`). Continuing that run needs
+trainer.resume=auto (or a checkpoint inside it); anything else is refused in one line before a
+file is written. The CLI checks before Hydra starts, so even Hydra's .hydra/ files stay as they were.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dlrun.errors import UserError
+
+
+def held_run(run_dir: Path) -> str | None:
+    """What run `run_dir` holds ("finished", "interrupted", "checkpoints", ...), or None when none."""
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        try:
+            return str(json.loads(summary.read_text()).get("status", "unknown status"))
+        except (OSError, ValueError):
+            return "unreadable summary.json"
+    if any((run_dir / "checkpoints").glob("*.pt")) or any((run_dir / "tb").glob("events.*")):
+        return "checkpoints and event files"
+    return None
+
+
+def refuse_reuse(run_dir: Path, resume: object) -> None:
+    """UserError unless run_dir is new, or trainer.resume continues the run it holds."""
+    run_dir = Path(run_dir).resolve()
+    status = held_run(run_dir)
+    if status is None or str(resume) == "auto":
+        return
+    target = Path(str(resume)).expanduser().resolve() if resume is not None else None
+    if target is not None and (target == run_dir or run_dir in target.parents):
+        return  # continuing this run from one of its own checkpoints
+    raise UserError(f"run directory {run_dir} already holds a run ({status}); continue it with trainer.resume=auto, "
+                    "or pass a new hydra.run.dir (nothing was written)")
+
+
+def refuse_reuse_before_hydra(args: list[str]) -> None:
+    """The CLI's check for an explicit hydra.run.dir (or, with -m, hydra.sweep.dir's trial folders)."""
+    values = dict(arg.split("=", 1) for arg in args if "=" in arg and not arg.startswith(("-", "+", "~")))
+    resume = values.get("trainer.resume")
+    resume = None if resume in (None, "null") else resume
+    if "-m" in args or "--multirun" in args:
+        sweep = values.get("hydra.sweep.dir")
+        if sweep and "${" not in sweep and Path(sweep).is_dir():
+            for trial in sorted(p for p in Path(sweep).iterdir() if p.is_dir()):
+                refuse_reuse(trial, resume)
+        return
+    run = values.get("hydra.run.dir")
+    if run and "${" not in run:
+        refuse_reuse(Path(run), resume)
