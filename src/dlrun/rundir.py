@@ -27,7 +27,7 @@ def held_run(run_dir: Path) -> str | None:
     return None
 
 
-def refuse_reuse(run_dir: Path, resume: object) -> None:
+def refuse_reuse(run_dir: Path, resume: object, option: str = "hydra.run.dir") -> None:
     """UserError unless run_dir is new, or trainer.resume continues the run it holds."""
     run_dir = Path(run_dir).resolve()
     status = held_run(run_dir)
@@ -37,7 +37,7 @@ def refuse_reuse(run_dir: Path, resume: object) -> None:
     if target is not None and (target == run_dir or run_dir in target.parents):
         return  # continuing this run from one of its own checkpoints
     raise UserError(f"run directory {run_dir} already holds a run ({status}); continue it with trainer.resume=auto, "
-                    "or pass a new hydra.run.dir (nothing was written)")
+                    f"or pass a new {option} (nothing was written)")
 
 
 def refuse_reuse_before_hydra(args: list[str]) -> None:
@@ -49,7 +49,7 @@ def refuse_reuse_before_hydra(args: list[str]) -> None:
         sweep = values.get("hydra.sweep.dir")
         if sweep and "${" not in sweep and Path(sweep).is_dir():
             for trial in sorted(p for p in Path(sweep).iterdir() if p.is_dir()):
-                refuse_reuse(trial, resume)
+                refuse_reuse(trial, resume, "hydra.sweep.dir")
         return
     run = values.get("hydra.run.dir")
     if run and "${" not in run:
