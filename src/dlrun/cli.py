@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     asked = os.environ.get("HYDRA_FULL_ERROR")
     _full_error = asked == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    rest = [quote_dimension(arg) for arg in rest]
     sys.argv = [f"dlrun {command}", *rest]
     try:
         _run(command, rest)
@@ -127,6 +128,15 @@ def main(argv: list[str] | None = None) -> None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = asked
+
+
+def quote_dimension(arg: str) -> str:
+    """'sweep.space.optim.lr=loguniform(1e-4,1e-2)' -> sweep.space.optim.lr='loguniform(1e-4,1e-2)':
+    a search dimension is text for dlrun's sweeper, not a call in Hydra's override grammar."""
+    key, sep, value = arg.partition("=")
+    if sep and key.lstrip("+").startswith("sweep.space.") and value and value[0] not in "'\"":
+        return f"{key}='{value}'"
+    return arg
 
 
 def check_group_choices(args: list[str]) -> None:

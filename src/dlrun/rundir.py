@@ -46,6 +46,8 @@ def refuse_reuse_before_hydra(args: list[str]) -> None:
     resume = values.get("trainer.resume")
     resume = None if resume in (None, "null") else resume
     if "-m" in args or "--multirun" in args:
+        if values.get("sweep") == "random":
+            return  # its sweeper continues the sweep directory: ended trials kept, the rest resumed
         sweep = values.get("hydra.sweep.dir")
         if sweep and "${" not in sweep and Path(sweep).is_dir():
             for trial in sorted(p for p in Path(sweep).iterdir() if p.is_dir()):

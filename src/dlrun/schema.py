@@ -494,6 +494,7 @@ class Trainer:
     epochs: int = setting(30, ge=1)
     max_steps: Optional[int] = setting(None, ge=1)
     seed: int = setting(0, **SEED)
+    threads: Optional[int] = setting(None, ge=1)
     monitor: str = "auto"
     grad_clip: Optional[float] = setting(None, gt=0)
     grad_clip_mode: str = setting("norm", choices=("norm", "value"))
@@ -538,6 +539,14 @@ class CheckOptions:
     out: str = "outputs/check"
 
 
+@dataclass
+class Sweep:
+    n_trials: int = setting(20, ge=1)
+    n_jobs: int = setting(1, ge=1)
+    seed: int = setting(0, **SEED)
+    space: Any = None  # {key: "loguniform(a, b)", ...}, nested; dlrun.sweep.space reads it
+
+
 # ------------------------------------------------------------------------------------ validate
 
 # Targeted groups: one schema per class. A target not listed here is a user's own class.
@@ -559,7 +568,7 @@ EXAMPLES = {"data": "dlrun.data.digits.DigitsData", "model": "dlrun.models.mlp.M
 # Groups without a target: one schema each.
 GROUPS: dict[str, type | None] = {"data": None, "model": None, "init": Init, "reg": Reg, "loss": Loss,
                                   "optim": None, "sched": None, "trainer": Trainer, "logger": Logger,
-                                  "check": CheckOptions}
+                                  "check": CheckOptions, "sweep": Sweep}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -568,7 +577,7 @@ def validate(cfg: DictConfig) -> None:
         if key not in GROUPS:
             raise UserError(f"{key}: unknown key at the top of the config; its groups: {', '.join(GROUPS)}")
     for group, schema in GROUPS.items():
-        if group == "check" and cfg.get(group) is None:  # composed by `dlrun check` only
+        if group in ("check", "sweep") and cfg.get(group) is None:  # by `dlrun check`, by sweep=random only
             continue
         if cfg.get(group) is None:
             raise UserError(f"{group} is missing from the config; choose one with {group}=NAME "

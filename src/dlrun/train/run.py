@@ -118,6 +118,8 @@ def build_parts(cfg: DictConfig) -> Parts:
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
         torch.backends.cudnn.benchmark = True
+    if t.threads:
+        torch.set_num_threads(int(t.threads))
     torch.manual_seed(seed)
 
     data = build(cfg.data).to(device)

@@ -1,0 +1,1 @@
+"""Random hyperparameter search: the search space (space.py) and the Hydra sweeper (sweeper.py)."""

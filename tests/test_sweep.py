@@ -1,0 +1,116 @@
+"""sweep=random: log-uniform sampling, reproducible trials, failures isolated, resumable sweeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from dlrun.errors import UserError
+from dlrun.sweep.space import as_override, dimensions, parse, sample
+from tests.conftest import dlrun
+
+SPACE = {"optim": {"lr": "loguniform(1e-5, 1e-1)", "momentum": "uniform(0.5, 0.99)"},
+         "data": {"batch_size": "randint(32, 256)"}, "model": {"hidden": "choice([64], [128], [256,256])"}}
+
+
+def test_learning_rates_are_log_uniform_and_uniform_dimensions_uniform():
+    dims = dimensions(SPACE)
+    trials = [sample(dims, seed=0, trial=i) for i in range(200)]
+    log_lr = np.log10([t["optim.lr"] for t in trials])
+    assert stats.kstest(log_lr, stats.uniform(loc=-5, scale=4).cdf).pvalue > 0.01
+    assert stats.kstest(np.array([t["optim.lr"] for t in trials]), stats.uniform(loc=1e-5, scale=0.1).cdf).pvalue < 1e-6
+    momentum = [t["optim.momentum"] for t in trials]
+    assert stats.kstest(momentum, stats.uniform(loc=0.5, scale=0.49).cdf).pvalue > 0.01
+    sizes = [t["data.batch_size"] for t in trials]
+    assert min(sizes) >= 32 and max(sizes) <= 256 and all(isinstance(s, int) for s in sizes)
+    assert {tuple(t["model.hidden"]) for t in trials} == {(64,), (128,), (256, 256)}
+
+
+def test_the_same_seed_draws_the_same_trials_whatever_ran_before():
+    dims = dimensions(SPACE)
+    assert sample(dims, 7, 5) == sample(dims, 7, 5)  # trial 5 alone, as a resumed sweep draws it
+    assert [sample(dims, 7, i) for i in range(10)] == [sample(dims, 7, i) for i in range(10)]
+    assert sample(dims, 7, 5) != sample(dims, 8, 5) and sample(dims, 7, 5) != sample(dims, 7, 6)
+
+
+def test_overrides_and_bad_dimensions():
+    assert as_override("optim.lr", 0.000123456789) == "++optim.lr=0.000123457"
+    assert as_override("model.hidden", [256, 256]) == "++model.hidden=[256,256]"
+    assert as_override("model.activation", "tanh") == "++model.activation=tanh"
+    for text, message in [("loguniform(0, 1)", "loguniform needs a > 0"), ("uniform(1, 0)", "two numbers a < b"),
+                          ("lognormal(1, 2)", "write a dimension as"), ("randint(1.5, 3)", "two integers"),
+                          ("choice()", "at least one value")]:
+        with pytest.raises(UserError, match=message):
+            parse("optim.lr", text)
+
+
+def sweep_cmd(sweep_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "dlrun", "train", "-m", "sweep=random", f"hydra.sweep.dir={sweep_dir}",
+            "trainer.device=cpu", "trainer.epochs=1", "model.hidden=[16]", "logger.diagnostics.every=0", *overrides]
+
+
+def trials(sweep_dir: Path) -> list[dict]:
+    return json.loads((sweep_dir / "sweep.json").read_text())["trials"]
+
+
+@pytest.mark.slow
+def test_a_12_trial_sweep_with_2_parallel_jobs(tmp_path):
+    result = subprocess.run(sweep_cmd(tmp_path / "sw", "sweep.n_trials=12", "sweep.n_jobs=2"), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = trials(tmp_path / "sw")
+    assert [r["trial"] for r in rows] == list(range(12)) and {r["status"] for r in rows} == {"finished"}
+    for r in rows:
+        summary = json.loads((Path(r["dir"]) / "summary.json").read_text())
+        lr = float(next(o for o in r["overrides"] if o.startswith("++optim.lr=")).split("=")[1])
+        assert summary["hparams"]["optim.lr"] == pytest.approx(lr)  # the trial ran what was drawn
+        assert summary["best"]["value"] == r["value"]
+
+
+@pytest.mark.slow
+def test_a_trial_that_raises_and_one_that_diverges_fail_alone(tmp_path):
+    space = "sweep.space.optim.lr=choice(0.01,-1,1e6)"  # -1: refused; 1e6 with SGD: nan
+    seed = next(s for s in range(100) if sorted(sample(dimensions({"optim": {"lr": "choice(0.01,-1,1e6)"}}), s, i)
+                                                 ["optim.lr"] for i in range(4)) == [-1, 0.01, 0.01, 1e6])
+    result = subprocess.run(sweep_cmd(tmp_path / "sw", "optim=sgd", space, "sweep.n_trials=4", f"sweep.seed={seed}"),
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-2000:]  # the exit status: how many failed
+    assert f"2 of 4 trials failed; see {tmp_path / 'sw' / 'sweep.json'}" in result.stderr
+    rows = {next(o for o in r["overrides"] if o.startswith("++optim.lr=")): r for r in trials(tmp_path / "sw")}
+    assert rows["++optim.lr=-1"]["status"] == "failed" and "optim.lr=-1 must be a number > 0" in rows["++optim.lr=-1"]["error"]
+    assert rows["++optim.lr=1e+06"]["status"] == "failed" and "training diverged" in rows["++optim.lr=1e+06"]["error"]
+    assert rows["++optim.lr=0.01"]["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    sweep_dir = tmp_path / "sw"
+    cmd = sweep_cmd(sweep_dir, "sweep.n_trials=5")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (sweep_dir / "1" / "summary.json").is_file() or \
+            json.loads((sweep_dir / "1" / "summary.json").read_text())["status"] != "finished":
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, launcher workers too
+    proc.wait(timeout=60)
+    done = {p.parent.name: p.stat().st_mtime_ns for p in sweep_dir.glob("*/summary.json")
+            if json.loads(p.read_text())["status"] == "finished"}
+    assert {"0", "1"} <= set(done) and len(done) < 5
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"{len(done)} of 5 trials in {sweep_dir} have ended; running the other {5 - len(done)}" in result.stdout + result.stderr
+    rows = trials(sweep_dir)
+    assert len(rows) == 5 and {r["status"] for r in rows} == {"finished"}
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1", "2", "3", "4"]
+    assert {name: (sweep_dir / name / "summary.json").stat().st_mtime_ns for name in done} == done  # not re-run
