@@ -62,12 +62,19 @@ def trials(sweep_dir: Path) -> list[dict]:
     return json.loads((sweep_dir / "sweep.json").read_text())["trials"]
 
 
-@pytest.mark.slow
-def test_a_12_trial_sweep_with_2_parallel_jobs(tmp_path):
+@pytest.fixture(scope="module")
+def sweep12(tmp_path_factory):
+    """A 12-trial random sweep of the MLP on digits, 2 trials at a time."""
+    tmp_path = tmp_path_factory.mktemp("sweep12")
     result = subprocess.run(sweep_cmd(tmp_path / "sw", "sweep.n_trials=12", "sweep.n_jobs=2"), cwd=tmp_path,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = trials(tmp_path / "sw")
+    return tmp_path / "sw"
+
+
+@pytest.mark.slow
+def test_a_12_trial_sweep_with_2_parallel_jobs(sweep12):
+    rows = trials(sweep12)
     assert [r["trial"] for r in rows] == list(range(12)) and {r["status"] for r in rows} == {"finished"}
     for r in rows:
         summary = json.loads((Path(r["dir"]) / "summary.json").read_text())
@@ -114,3 +121,49 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     assert len(rows) == 5 and {r["status"] for r in rows} == {"finished"}
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1", "2", "3", "4"]
     assert {name: (sweep_dir / name / "summary.json").stat().st_mtime_ns for name in done} == done  # not re-run
+
+
+@pytest.mark.slow
+def test_report_lists_the_trials_best_first_and_plots_them(sweep12, capsys):
+    from dlrun.sweep.report import main as report_main
+
+    report_main([str(sweep12), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    values = [t["value"] for t in report["trials"]]
+    assert len(values) == 12 and values == sorted(values, reverse=True)  # val/acc: the highest first
+    best = report["trials"][0]
+    assert report["best_command"].startswith("dlrun train trainer.device=cpu trainer.epochs=1")
+    assert f"optim.lr={best['overrides'][-2].split('=')[1]}" in report["best_command"]
+    lo, hi = report["suggested"]["optim.lr"]  # around the top 3 trials' learning rates
+    top_lrs = [t["values"]["optim.lr"] for t in report["trials"][:3]]
+    assert lo <= min(top_lrs) and hi >= max(top_lrs) and 1e-5 <= lo < hi <= 0.2
+    assert not (sweep12 / "report").exists()  # --json writes nothing
+    report_main([str(sweep12)])
+    out = capsys.readouterr().out
+    assert "dlrun report:" in out and "best: trial" in out and "'sweep.space.optim.lr=loguniform(" in out
+    assert sorted(p.name for p in (sweep12 / "report").glob("*.png")) == ["optim.lr.png", "optim.weight_decay.png"]
+
+
+@pytest.mark.slow
+def test_ensemble_averages_the_members_softmax(sweep12):
+    import torch
+
+    from dlrun.evaluate import rebuild
+    from dlrun.sweep.ensemble import ensemble
+
+    result = ensemble([sweep12], top=3)
+    members = [Path(m["dir"]) for m in result["members"]]
+    assert len(members) == 3
+    probs = []
+    for run_dir in members:  # each member's softmax on the test split, computed here on its own
+        parts, _, _ = rebuild(str(run_dir))
+        parts.model.eval()
+        with torch.no_grad():
+            probs.append(torch.softmax(parts.model(parts.data.splits["test"].x), dim=1))
+        summary = json.loads((run_dir / "summary.json").read_text())
+        member = next(m for m in result["members"] if m["dir"] == str(run_dir))
+        assert member["acc"] == pytest.approx(summary["test"]["acc"], abs=1e-9)  # the run's own test accuracy
+    mean = torch.stack(probs).mean(0)
+    assert torch.allclose(result["probabilities"], mean, atol=1e-6)
+    y = parts.data.splits["test"].y
+    assert result["ensemble"]["acc"] == pytest.approx((mean.argmax(1) == y).float().mean().item())

@@ -16,6 +16,8 @@ COMMANDS = {
     "summary": "print the model's layers, output shapes and parameter counts; trains nothing",
     "eval": "a checkpoint's loss and accuracy on the test and val splits (ckpt=RUN_DIR or FILE.pt)",
     "check": "the notes' sanity checks: initial-loss, overfit, lr, gradcheck, all, init",
+    "report": "a sweep's trials best first, the best one's command, narrower ranges, plots (DIR)",
+    "ensemble": "average the softmax of a sweep's best K trials (or of run directories) on the test split",
 }
 
 USAGE = """usage: dlrun <command> [hydra overrides]
@@ -32,6 +34,8 @@ examples:
   dlrun summary model=lenet                     # the layers, shapes and parameters; trains nothing
   dlrun eval ckpt=outputs/DATE/TIME             # a run's best.pt on the test and val splits
   dlrun check all                               # initial loss, overfit, lr search, gradient check
+  dlrun train -m sweep=random trainer.epochs=5  # random search: optim.lr, optim.weight_decay in log space
+  dlrun report outputs/multirun/DATE/TIME       # its trials best first, and where to search next
 
 Run directories go to outputs/; watch them with: tensorboard --logdir outputs"""
 
@@ -97,6 +101,23 @@ def main(argv: list[str] | None = None) -> None:
         print(f"dlrun: error: unknown command '{command}'; choose one of: {', '.join(COMMANDS)} "
               "(dlrun --help lists them)", file=sys.stderr)
         sys.exit(2)
+    if command == "report":  # no Hydra, no torch: it reads a sweep directory
+        from dlrun.errors import UserError
+        from dlrun.sweep.report import USAGE as REPORT_USAGE, main as report_main
+
+        if not rest or "-h" in rest or "--help" in rest:
+            print(REPORT_USAGE)
+            return
+        try:
+            report_main(rest)
+        except UserError as exc:
+            fail(command, exc)
+        return
+    if command == "ensemble" and (not rest or "-h" in rest or "--help" in rest):
+        from dlrun.sweep.ensemble import USAGE as ENSEMBLE_USAGE  # torch: imported, not run
+
+        print(ENSEMBLE_USAGE)
+        return
     if command in ("summary", "eval") and ("-h" in rest or "--help" in rest):
         # The modules import torch only when they run.
         from dlrun.evaluate import USAGE as EVAL_USAGE
@@ -170,7 +191,7 @@ def _run(command: str, rest: list[str]) -> None:
     from dlrun.errors import UserError
 
     try:
-        if command != "eval":  # eval's overrides apply to a checkpoint's saved config, not to groups
+        if command not in ("eval", "ensemble"):  # eval's overrides apply to a checkpoint's saved config
             check_group_choices(rest)
         if command == "train":
             from dlrun.rundir import refuse_reuse_before_hydra
@@ -191,5 +212,9 @@ def _run(command: str, rest: list[str]) -> None:
             from dlrun.check import main as check_main
 
             check_main(rest)
+        elif command == "ensemble":
+            from dlrun.sweep.ensemble import main as ensemble_main
+
+            ensemble_main(rest)
     except (UserError, HydraException, OmegaConfBaseException) as exc:
         fail(command, exc)

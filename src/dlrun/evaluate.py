@@ -94,12 +94,9 @@ def composed_config(overrides: list[str]) -> DictConfig:
         return compose("train", overrides=overrides)
 
 
-def evaluate(ckpt: str, overrides: list[str] = ()) -> dict[str, Any]:
-    """Load the checkpoint at `ckpt`, rebuild its data and model, and return its metrics per split.
-
-    {"checkpoint": path, "epoch": N or None, "model": class name, "data": description,
-     "test": {"loss", "acc"}, "val": {...}, "samples": {"test": n, "val": n}}
-    """
+def rebuild(ckpt: str, overrides: list[str] = ()) -> tuple[Any, dict[str, Any], Path]:
+    """The checkpoint at `ckpt` (a run directory: its best.pt, else last.pt) with its data and model
+    rebuilt from its saved config and its weights loaded: (Parts, the checkpoint's state, its path)."""
     from omegaconf import open_dict
 
     from dlrun.train import checkpoint
@@ -120,10 +117,23 @@ def evaluate(ckpt: str, overrides: list[str] = ()) -> dict[str, Any]:
         if "weights" in cfg.model:
             cfg.model.weights = None
 
-    from dlrun.train.run import build_parts, build_trainer
+    from dlrun.train.run import build_parts
 
     parts = build_parts(cfg)
     checkpoint.load_model_state(parts.model, state["model"], path)
+    return parts, state, path
+
+
+def evaluate(ckpt: str, overrides: list[str] = ()) -> dict[str, Any]:
+    """Load the checkpoint at `ckpt`, rebuild its data and model, and return its metrics per split.
+
+    {"checkpoint": path, "epoch": N or None, "model": class name, "data": description,
+     "test": {"loss", "acc"}, "val": {...}, "samples": {"test": n, "val": n}}
+    """
+    from dlrun.train import checkpoint
+    from dlrun.train.run import build_trainer
+
+    parts, state, path = rebuild(ckpt, overrides)
     trainer = build_trainer(parts, None)  # no TensorBoard, no checkpoints: the Trainer's evaluate only
     try:
         metrics = {split: trainer.evaluate(parts.data.splits[split]) for split in SPLITS}

@@ -1,0 +1,121 @@
+"""`dlrun ensemble DIR [DIR ...] [--top K] [--json]`: average the predicted distributions of
+several models on the test split (the notes: "2% extra" for an ensemble of independently trained
+models) and report the ensemble's accuracy beside each member's.
+
+DIR is a sweep directory (its best K trials by the monitored metric) or, given several, run
+directories. Each member is its run's best.pt, rebuilt from the config saved in it (as
+`dlrun eval` does); every member must have been tested on the same test split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dlrun.errors import UserError
+
+USAGE = """usage: dlrun ensemble DIR [DIR ...] [--top K] [--json]
+
+Average the softmax outputs of several trained models on the test split and print the ensemble's
+test accuracy beside each member's. One DIR: a sweep directory, whose best K trials (default 3) by
+the monitored metric are the members. Several DIRs: those run directories. Writes nothing.
+
+examples:
+  dlrun ensemble outputs/multirun/2026-11-23/16-24-01-797123 --top 5
+  dlrun ensemble runs/a runs/b runs/c --json"""
+
+
+def parse_args(args: list[str]) -> tuple[list[Path], int, bool]:
+    folders, top, as_json = [], 3, False
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--json":
+            as_json = True
+        elif arg == "--top":
+            try:
+                top = int(rest.pop(0))
+            except (IndexError, ValueError):
+                raise UserError("--top takes a number of members, e.g. --top 5") from None
+            if top < 1:
+                raise UserError(f"--top {top}: give at least 1")
+        elif arg.startswith("-"):
+            raise UserError(f"unknown option {arg!r}; dlrun ensemble takes directories, --top K and --json")
+        else:
+            folders.append(Path(arg))
+    if not folders:
+        raise UserError("no directory given; pass a sweep directory or several run directories")
+    for folder in folders:
+        if not folder.is_dir():
+            raise UserError(f"{folder}: no such directory; pass a sweep directory or run directories")
+    return folders, top, as_json
+
+
+def members(folders: list[Path], top: int) -> list[Path]:
+    """The run directories to ensemble: a sweep's best `top` trials that have a best.pt, or the folders."""
+    if len(folders) > 1 or (folders[0] / "checkpoints").is_dir():
+        return folders
+    from dlrun.sweep.report import ranked, read_trials
+
+    scored = [Path(t["dir"]) for t in ranked(read_trials(folders[0])) if t["value"] is not None]
+    chosen = [d for d in scored if (d / "checkpoints" / "best.pt").is_file()][:top]
+    if len(chosen) < 2:
+        raise UserError(f"{folders[0]}: {len(chosen)} trial(s) with a best.pt; an ensemble needs 2 or more")
+    return chosen
+
+
+@torch.no_grad()
+def probabilities(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """softmax(model(x)) in eval mode, batch by batch, in float32."""
+    model.eval()
+    return torch.cat([torch.softmax(model(x[i:i + batch_size]).float(), dim=1)
+                      for i in range(0, len(x), batch_size)])
+
+
+def accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:
+    return (probs.argmax(1) == y).sum().item() / len(y)  # counted, as the Trainer counts it
+
+
+def ensemble(folders: list[Path], top: int = 3) -> dict[str, Any]:
+    from dlrun.evaluate import rebuild
+
+    rows, probs, targets = [], [], None
+    for run_dir in members(folders, top):
+        parts, _, path = rebuild(str(run_dir))
+        if parts.data.task != "classification":
+            raise UserError(f"{run_dir}: an ensemble averages class probabilities; this run is a regression")
+        test = parts.data.splits["test"]
+        y = test.y.cpu()
+        if targets is not None and not torch.equal(y, targets):
+            raise UserError(f"{run_dir}: its test split differs from {rows[0]['dir']}'s; ensemble runs trained on "
+                            "the same data (data= and data.split_seed)")
+        targets = y
+        p = probabilities(parts.model, test.x, parts.data.eval_batch_size).cpu()
+        probs.append(p)
+        rows.append({"dir": str(run_dir), "checkpoint": str(path), "acc": accuracy(p, y)})
+    mean = torch.stack(probs).mean(0)  # the members' predicted distributions, averaged
+    return {"members": rows, "ensemble": {"acc": accuracy(mean, targets),
+                                          "size": len(rows)}, "samples": len(targets), "probabilities": mean}
+
+
+def main(args: list[str]) -> None:
+    folders, top, as_json = parse_args(args)
+    result = ensemble(folders, top)
+    result.pop("probabilities")
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    from rich import get_console
+    from rich.table import Table
+
+    table = Table(title=f"dlrun ensemble: {result['ensemble']['size']} members, {result['samples']} test samples",
+                  title_justify="left")
+    table.add_column("model")
+    table.add_column("test accuracy", justify="right")
+    for row in result["members"]:
+        table.add_row(row["dir"], f"{row['acc']:.4f}")
+    table.add_row("ensemble (mean of softmax)", f"{result['ensemble']['acc']:.4f}", style="bold")
+    get_console().print(table)
