@@ -167,3 +167,24 @@ def test_ensemble_averages_the_members_softmax(sweep12):
     assert torch.allclose(result["probabilities"], mean, atol=1e-6)
     y = parts.data.splits["test"].y
     assert result["ensemble"]["acc"] == pytest.approx((mean.argmax(1) == y).float().mean().item())
+
+
+@pytest.mark.slow
+def test_the_submitit_local_launcher_runs_a_2_trial_sweep(tmp_path):
+    result = subprocess.run(sweep_cmd(tmp_path / "sw", "sweep.n_trials=2", "hydra/launcher=submitit_local"),
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [r["status"] for r in trials(tmp_path / "sw")] == ["finished", "finished"]
+    assert "Submitit 'local' sweep output dir" in result.stdout + result.stderr
+
+
+def test_the_shipped_slurm_launcher_config_composes():
+    from hydra import compose, initialize_config_dir
+
+    from dlrun.paths import CONFIG_DIR
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        full = compose("train", overrides=["sweep=random", "hydra/launcher=slurm", "sweep.n_jobs=4"],
+                       return_hydra_config=True)
+    assert full.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert (full.hydra.launcher.array_parallelism, full.hydra.launcher.gpus_per_node) == (4, 1)
