@@ -25,7 +25,7 @@ def test_unknown_command_is_one_line_and_exit_2(tmp_path):
     result = dlrun("frobnicate", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "dlrun: error: unknown command 'frobnicate'; choose one of: train, summary, eval, check (dlrun --help lists them)"]
+        "dlrun: error: unknown command 'frobnicate'; choose one of: train, summary, eval, check, report, ensemble (dlrun --help lists them)"]
 
 
 def test_train_is_a_hydra_app_cfg_job_overrides_and_additions(tmp_path):

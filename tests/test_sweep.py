@@ -188,3 +188,19 @@ def test_the_shipped_slurm_launcher_config_composes():
                        return_hydra_config=True)
     assert full.hydra.launcher._target_.endswith("SlurmLauncher")
     assert (full.hydra.launcher.array_parallelism, full.hydra.launcher.gpus_per_node) == (4, 1)
+
+
+def test_report_and_ensemble_mistakes_are_one_line(tmp_path, capsys):
+    from dlrun.cli import main as cli_main
+
+    (tmp_path / "empty").mkdir()
+    cases = [(["report", str(tmp_path / "nope")], "nope: no such directory; pass a sweep directory"),
+             (["report", str(tmp_path / "empty")], "no trial folders (0/, 1/, ...)"),
+             (["report", str(tmp_path / "empty"), "--top", "x"], "--top takes a number of trials"),
+             (["ensemble", str(tmp_path / "empty")], "no trial folders"),
+             (["ensemble", str(tmp_path / "nope"), "--top", "2"], "no such directory")]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exit_:
+            cli_main(args)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(err) == 1 and message in err[0], err
