@@ -29,28 +29,9 @@ examples:
 
 
 def parse_args(args: list[str]) -> tuple[list[Path], int, bool]:
-    folders, top, as_json = [], 3, False
-    rest = list(args)
-    while rest:
-        arg = rest.pop(0)
-        if arg == "--json":
-            as_json = True
-        elif arg == "--top":
-            try:
-                top = int(rest.pop(0))
-            except (IndexError, ValueError):
-                raise UserError("--top takes a number of members, e.g. --top 5") from None
-            if top < 1:
-                raise UserError(f"--top {top}: give at least 1")
-        elif arg.startswith("-"):
-            raise UserError(f"unknown option {arg!r}; dlrun ensemble takes directories, --top K and --json")
-        else:
-            folders.append(Path(arg))
-    if not folders:
-        raise UserError("no directory given; pass a sweep directory or several run directories")
-    for folder in folders:
-        if not folder.is_dir():
-            raise UserError(f"{folder}: no such directory; pass a sweep directory or run directories")
+    from dlrun.sweep.report import parse_options
+
+    folders, as_json, top = parse_options(args, "ensemble", "members")
     return folders, top, as_json
 
 

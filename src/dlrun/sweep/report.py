@@ -35,8 +35,9 @@ examples:
 _PLUMBING = ("sweep", "hydra.", "trainer.resume", "trainer.threads")
 
 
-def parse_args(args: list[str]) -> tuple[Path, bool, int]:
-    folder, as_json, top = None, False, 3
+def parse_options(args: list[str], command: str, what: str) -> tuple[list[Path], bool, int]:
+    """(directories, --json, --top K) for dlrun report and dlrun ensemble; each must exist."""
+    folders, as_json, top = [], False, 3
     rest = list(args)
     while rest:
         arg = rest.pop(0)
@@ -46,20 +47,26 @@ def parse_args(args: list[str]) -> tuple[Path, bool, int]:
             try:
                 top = int(rest.pop(0))
             except (IndexError, ValueError):
-                raise UserError("--top takes a number of trials, e.g. --top 5") from None
+                raise UserError(f"--top takes a number of {what}, e.g. --top 5") from None
             if top < 1:
                 raise UserError(f"--top {top}: give at least 1")
         elif arg.startswith("-"):
-            raise UserError(f"unknown option {arg!r}; dlrun report takes DIR, --json and --top K")
-        elif folder is None:
-            folder = Path(arg)
+            raise UserError(f"unknown option {arg!r}; dlrun {command} takes directories, --json and --top K")
         else:
-            raise UserError(f"one sweep directory at a time; got {folder} and {arg}")
-    if folder is None:
-        raise UserError("no sweep directory given; pass one, e.g. dlrun report outputs/multirun/DATE/TIME")
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such directory; pass a sweep directory (dlrun train -m writes them)")
-    return folder, as_json, top
+            folders.append(Path(arg))
+    if not folders:
+        raise UserError(f"no directory given; pass a sweep directory, e.g. dlrun {command} outputs/multirun/DATE/TIME")
+    for folder in folders:
+        if not folder.is_dir():
+            raise UserError(f"{folder}: no such directory; pass a sweep directory (dlrun train -m writes them)")
+    return folders, as_json, top
+
+
+def parse_args(args: list[str]) -> tuple[Path, bool, int]:
+    folders, as_json, top = parse_options(args, "report", "trials")
+    if len(folders) > 1:
+        raise UserError(f"one sweep directory at a time; got {len(folders)}")
+    return folders[0], as_json, top
 
 
 def _key(override: str) -> str:
