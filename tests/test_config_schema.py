@@ -7,6 +7,7 @@ comes back is either a run ready to train or an error the CLI prints as one line
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -54,7 +55,7 @@ def test_the_schemas_choices_match_what_the_builders_accept():
 
     assert set(schema.SCHEMES) == set(SCHEMES) | set(ALIASES)
     assert set(schema.ACTIVATIONS) == set(ACTIVATIONS) and set(schema.NORMS) == set(NORMS)
-    rule = lambda cls, name: next(f for f in __import__("dataclasses").fields(cls) if f.name == name).metadata["rule"]
+    rule = lambda cls, name: next(f for f in dataclasses.fields(cls) if f.name == name).metadata["rule"]
     assert set(rule(schema.ResNet, "depth").choices) == set(IMAGENET) | set(CIFAR)
     assert set(rule(schema.VGG, "depth").choices) == set(CONFIGS)
     assert set(rule(schema.Recurrent, "cell").choices) == set(CELLS)

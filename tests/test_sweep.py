@@ -204,3 +204,18 @@ def test_report_and_ensemble_mistakes_are_one_line(tmp_path, capsys):
             cli_main(args)
         err = capsys.readouterr().err.strip().splitlines()
         assert exit_.value.code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_a_new_dimension_on_the_command_line_needs_no_plus_and_is_kept_as_text():
+    from dlrun.cli import quote_dimension
+    from tests.conftest import make_config
+
+    args = ["sweep.space.optim.lr=loguniform(1e-4,1e-2)", "sweep.space.model.hidden=choice([64],[128],[256,256])"]
+    assert [quote_dimension(a) for a in args] == ["++sweep.space.optim.lr='loguniform(1e-4,1e-2)'",
+                                                  "++sweep.space.model.hidden='choice([64],[128],[256,256])'"]
+    assert quote_dimension("optim.lr=0.1") == "optim.lr=0.1"
+    cfg, _ = make_config("sweep=random", *map(quote_dimension, args))
+    assert cfg.sweep.space.model.hidden == "choice([64],[128],[256,256])"
+    from omegaconf import OmegaConf
+
+    assert [d.key for d in dimensions(OmegaConf.to_container(cfg.sweep.space))] == ["optim.lr", "optim.weight_decay", "model.hidden"]

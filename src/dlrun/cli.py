@@ -152,12 +152,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def quote_dimension(arg: str) -> str:
-    """'sweep.space.optim.lr=loguniform(1e-4,1e-2)' -> sweep.space.optim.lr='loguniform(1e-4,1e-2)':
-    a search dimension is text for dlrun's sweeper, not a call in Hydra's override grammar."""
+    """'sweep.space.optim.lr=loguniform(1e-4,1e-2)' -> ++sweep.space.optim.lr='loguniform(1e-4,1e-2)':
+    a search dimension is text for dlrun's sweeper, not a call in Hydra's override grammar, and
+    ++ sets it or adds it (a new dimension needs no + of its own)."""
     key, sep, value = arg.partition("=")
-    if sep and key.lstrip("+").startswith("sweep.space.") and value and value[0] not in "'\"":
-        return f"{key}='{value}'"
-    return arg
+    if not (sep and key.lstrip("+").startswith("sweep.space.")):
+        return arg
+    quoted = value if not value or value[0] in "'\"" else f"'{value}'"
+    return f"++{key.lstrip('+')}={quoted}"
 
 
 def check_group_choices(args: list[str]) -> None:

@@ -15,6 +15,7 @@ unchecked, as Hydra would; its constructor is the judge.
 
 import dataclasses
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,7 @@ _NOUNS = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool:
 
 def _strip_optional(kind: Any) -> tuple[Any, bool]:
     args = typing.get_args(kind)
-    if typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType")) and type(None) in args:
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]
         return (rest[0] if len(rest) == 1 else Any), True
     return kind, False
