@@ -69,7 +69,7 @@ class PlainLoop:
         self.model = MLP(data.input_shape, data.num_outputs, hidden=hidden)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs)
-        self.train, self.val, self.batch_size = data.train, data.val, data.batch_size
+        self.data, self.train, self.val, self.batch_size = data, data.train, data.val, data.batch_size
         self.generator = torch.Generator().manual_seed(1)
         self.epoch = 0
         self.seconds = 0.0       # everything it did: steps and per-epoch validation
@@ -86,7 +86,7 @@ class PlainLoop:
         step_start = time.perf_counter()
         index = self.order[self.position:self.position + self.batch_size]
         self.position += self.batch_size
-        x, y = self.train.x[index], self.train.y[index]
+        x, y = self.data.batch(self.train, index)  # gather and standardise, as any loop must
         loss = F.cross_entropy(self.model(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -98,7 +98,7 @@ class PlainLoop:
     def end_epoch(self) -> None:
         self.model.eval()
         with torch.inference_mode():
-            F.cross_entropy(self.model(self.val.x), self.val.y).item()
+            F.cross_entropy(self.model(self.data.prepare(self.val.x)), self.val.y).item()
         self.scheduler.step()
         self.model.train()
 

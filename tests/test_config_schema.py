@@ -31,15 +31,16 @@ def options(group: str) -> list[str]:
 
 
 @pytest.mark.parametrize("group", ["data", "model", "optim", "sched"])
-def test_every_shipped_target_has_a_schema_that_its_yaml_satisfies(group, npz):
-    extra = [f"data.path={npz(x_train=[[0.0]], y_train=[0], x_test=[[0.0]], y_test=[0])}"] if group == "data" else []
+def test_every_shipped_target_has_a_schema_that_its_yaml_satisfies(group, npz, tmp_path):
+    extra = {"arrays": [f"data.path={npz(x_train=[[0.0]], y_train=[0], x_test=[[0.0]], y_test=[0])}"],
+             "image_folder": [f"data.root={tmp_path}"]} if group == "data" else {}
     for name in options(group):
-        cfg, _ = make_config(f"{group}={name}", *(extra if name == "arrays" else []))
+        cfg, _ = make_config(f"{group}={name}", *extra.get(name, []))
         assert cfg[group]._target_ in schema.TARGETS, f"{group}={name}: no schema for {cfg[group]._target_}"
         schema.validate(cfg)  # raises on a key or value the schema does not allow
 
 
-@pytest.mark.parametrize("group", ["init", "reg", "loss", "trainer", "logger"])
+@pytest.mark.parametrize("group", ["init", "reg", "loss", "trainer", "logger", "augment"])
 def test_every_option_of_the_untargeted_groups_validates(group):
     for name in options(group):
         schema.validate(make_config(f"{group}={name}")[0])

@@ -18,15 +18,21 @@ def test_digits_reads_the_same_arrays_as_sklearn():
     np.testing.assert_array_equal(y, ref_y)
 
 
+def prepared(data, split: str) -> torch.Tensor:
+    """A whole split as the model reads it: preprocessed with the training split's statistics."""
+    return data.batch(split, slice(None))[0]
+
+
 def test_digits_split_is_seeded_disjoint_and_normalised_on_train_only():
     data = DigitsData()
     assert data.input_shape == (1, 8, 8) and data.num_outputs == 10 and data.task == "classification"
     sizes = [len(data.train), len(data.val), len(data.test)]
     assert sum(sizes) == 1797 and sizes == [1294, 144, 359]
     # Per-channel statistics come from the training split: there mean 0 and std 1 exactly.
-    assert abs(data.train.x.mean().item()) < 1e-5
-    assert abs(data.train.x.std(unbiased=False).item() - 1.0) < 1e-4
-    assert abs(data.test.x.mean().item()) > 1e-4  # test is scaled with train's numbers, not its own
+    train, test = prepared(data, "train"), prepared(data, "test")
+    assert abs(train.mean().item()) < 1e-5
+    assert abs(train.std(unbiased=False).item() - 1.0) < 1e-4
+    assert abs(test.mean().item()) > 1e-4  # test is scaled with train's numbers, not its own
     # The same split seed gives the same test set; another seed a different one.
     assert torch.equal(DigitsData().test.x, data.test.x)
     assert not torch.equal(DigitsData(split_seed=1).test.x, data.test.x)
@@ -60,8 +66,9 @@ def test_npz_classification_with_held_out_validation(npz):
     assert (len(data.train), len(data.val), len(data.test)) == (80, 20, 30)
     assert data.task == "classification" and data.num_outputs == 3 and data.input_shape == (6,)
     # Per-feature standardisation from train.
-    np.testing.assert_allclose(data.train.x.mean(0).numpy(), 0, atol=1e-5)
-    np.testing.assert_allclose(data.train.x.std(0, unbiased=False).numpy(), 1, atol=1e-4)
+    train = prepared(data, "train")
+    np.testing.assert_allclose(train.mean(0).numpy(), 0, atol=1e-5)
+    np.testing.assert_allclose(train.std(0, unbiased=False).numpy(), 1, atol=1e-4)
 
 
 def test_npz_float_targets_mean_regression_and_explicit_val_is_used(npz):

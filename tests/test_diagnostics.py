@@ -156,7 +156,7 @@ def test_grad_norm_is_the_norm_of_that_step_gradient(tmp_path):
     shuffle.set_state(trainer.shuffle.get_state())
     index = torch.randperm(len(parts.data.train), generator=shuffle)[:parts.data.batch_size]
     twin = copy.deepcopy(parts.model).train()
-    x, y = parts.data.train.x[index], parts.data.train.y[index]
+    x, y = parts.data.batch("train", index)
     loss = nn.functional.cross_entropy(twin(x), y)
     loss = loss + 0.5 * 1e-4 * sum(p.square().sum() for n, p in twin.named_parameters() if n.endswith("weight"))
     loss.backward()

@@ -71,8 +71,8 @@ def stop_at_step(patch, stop_at: int) -> None:
     """Make Trainer note a SIGTERM during optimizer step `stop_at`, as the handler would."""
     step = Trainer.train_step
 
-    def train_step(self, x, y):
-        step(self, x, y)
+    def train_step(self, x, y, mix=None):
+        step(self, x, y, mix)
         if self.step == stop_at:
             self.stop_request.signal = "SIGTERM"
 

@@ -43,8 +43,8 @@ def test_maxnorm_holds_after_every_step_of_a_real_run(tmp_path, monkeypatch):
     norms = []
     real_step = Trainer.train_step
 
-    def train_step(self, x, y):
-        real_step(self, x, y)
+    def train_step(self, x, y, mix=None):
+        real_step(self, x, y, mix)
         norms.append(max(w.flatten(1).norm(dim=1).max().item() for w in self.constrained))
 
     monkeypatch.setattr(Trainer, "train_step", train_step)
@@ -62,11 +62,11 @@ def test_early_stopping_stops_at_the_right_epoch_and_tests_the_best_checkpoint(t
     scripted = iter(values)
     real_evaluate = Trainer.evaluate
 
-    def evaluate(self, split):
+    def evaluate(self, split, model=None, tta="none"):
         if split is self.data.val:
             value = next(scripted)
             return {"loss": value, "acc": 0.5} if monitor == "val/loss" else {"loss": 1.0, "acc": value}
-        return real_evaluate(self, split)
+        return real_evaluate(self, split, model, tta)
 
     monkeypatch.setattr(Trainer, "evaluate", evaluate)
     summary = train(tmp_path, "reg=early_stopping", "reg.early_stopping.patience=3",
@@ -83,7 +83,8 @@ def test_early_stopping_stops_at_the_right_epoch_and_tests_the_best_checkpoint(t
     model.load_state_dict(best["model"])
     model.eval()
     with torch.no_grad():
-        acc = (model(data.test.x).argmax(1) == data.test.y).float().mean().item()
+        x, y = data.batch("test", slice(None))
+        acc = (model(x).argmax(1) == y).float().mean().item()
     assert summary["test"]["acc"] == pytest.approx(acc, abs=1e-6)
 
 
@@ -134,8 +135,8 @@ def test_ema_weights_follow_the_recurrence_and_are_validated_tested_and_checkpoi
     weights = []
     real_step = Trainer.train_step
 
-    def train_step(self, x, y):
-        real_step(self, x, y)
+    def train_step(self, x, y, mix=None):
+        real_step(self, x, y, mix)
         weights.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
 
     monkeypatch.setattr(Trainer, "train_step", train_step)

@@ -125,11 +125,11 @@ def test_trainer_steps_plateau_with_the_monitored_validation_metric(tmp_path, mo
     real_evaluate, real_end_epoch = Trainer.evaluate, Trainer._end_epoch
     lrs = []
 
-    def evaluate(self, split):
+    def evaluate(self, split, model=None, tta="none"):
         if split is self.data.val:
             value = next(scripted)
             return {"loss": value, "acc": 0.5} if monitor == "val/loss" else {"loss": 1.0, "acc": value}
-        return real_evaluate(self, split)
+        return real_evaluate(self, split, model, tta)
 
     def end_epoch(self, *args):
         lrs.append(self.optimizer.param_groups[0]["lr"])  # the lr the next epoch trains at

@@ -120,7 +120,7 @@ def test_frozen_parameters_are_non_trainable_in_the_rows_and_totals():
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     assert frozen == 156 + 2416 + 120
 
-    rows, totals, header = parse(render(layer_table(model, data.train.x[:2], depth=3)))
+    rows, totals, header = parse(render(layer_table(model, data.batch("train", slice(0, 2))[0], depth=3)))
     assert totals["non-trainable"] == frozen
     assert totals["trainable"] == totals["total parameters"] - frozen == 61_706 - frozen
     trainable = {row[0].strip() + " " + row[1]: row[header.index("trainable")] for row in rows}
@@ -128,6 +128,6 @@ def test_frozen_parameters_are_non_trainable_in_the_rows_and_totals():
     assert trainable["1 Linear"] == "partial" and trainable["3 Linear"] == trainable["5 Linear"] == "yes"
     assert trainable["1 Tanh"] == ""  # no parameters, nothing to say
 
-    shallow, _, header = parse(render(layer_table(model, data.train.x[:2], depth=1)))
+    shallow, _, header = parse(render(layer_table(model, data.batch("train", slice(0, 2))[0], depth=1)))
     by_name = {row[0].strip(): row[header.index("trainable")] for row in shallow}
     assert by_name["features"] == "no" and by_name["classifier"] == "partial"

@@ -70,7 +70,7 @@ def saved_config(config: dict[str, Any], overrides: list[str], path: Path) -> Di
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import DictConfig, OmegaConf
 
-    cfg = OmegaConf.create(config)
+    cfg = OmegaConf.create(upgrade(config))
     OmegaConf.set_struct(cfg, True)  # as Hydra composes it: an unknown key is an error, not a new key
     parsed = OverridesParser.create().parse_overrides(overrides)
     for override in parsed:
@@ -82,6 +82,18 @@ def saved_config(config: dict[str, Any], overrides: list[str], path: Path) -> Di
                             f"composed from groups; change its values instead (e.g. {override.key_or_group}.KEY=VALUE)")
     ConfigLoaderImpl._apply_overrides_to_config(parsed, cfg)
     return cfg
+
+
+def upgrade(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config from an older dlrun in today's keys: data.normalize became data.preprocess,
+    and eval.tta is new (none, as it was then)."""
+    config = dict(config)
+    data = dict(config.get("data") or {})
+    if "normalize" in data:
+        data["preprocess"] = "channel_standardize" if data.pop("normalize") else "none"
+        config["data"] = data
+    config.setdefault("eval", {"tta": "none"})
+    return config
 
 
 def composed_config(overrides: list[str]) -> DictConfig:
@@ -136,14 +148,14 @@ def evaluate(ckpt: str, overrides: list[str] = ()) -> dict[str, Any]:
     parts, state, path = rebuild(ckpt, overrides)
     trainer = build_trainer(parts, None)  # no TensorBoard, no checkpoints: the Trainer's evaluate only
     try:
-        metrics = {split: trainer.evaluate(parts.data.splits[split]) for split in SPLITS}
+        metrics = {split: trainer.evaluate(parts.data.splits[split], tta=trainer.tta) for split in SPLITS}
         if state.get("ema") is not None:  # last.pt of a run with trainer.ema_decay: its averaged weights too
             from torch.optim.swa_utils import AveragedModel
 
             ema = AveragedModel(parts.model, use_buffers=True)
             checkpoint.load_model_state(ema, state["ema"], path)
-            metrics.update({f"{split}_ema": trainer.evaluate(parts.data.splits[split], ema.module)
-                            for split in SPLITS})
+            metrics.update({f"{split}_ema": trainer.evaluate(parts.data.splits[split], ema.module,
+                                                             tta=trainer.tta) for split in SPLITS})
     finally:
         trainer.writer.close()
         trainer.checkpoints.close()
@@ -154,6 +166,7 @@ def evaluate(ckpt: str, overrides: list[str] = ()) -> dict[str, Any]:
         "model": type(parts.model).__name__,
         "data": parts.data.describe(),
         "device": str(parts.device),
+        "tta": trainer.tta,
         **metrics,
         "samples": {split: len(parts.data.splits[split]) for split in SPLITS},
     }
@@ -175,7 +188,8 @@ def main(args: list[str]) -> None:
     console.print(f"data {result['data']}", highlight=False)
     epoch = f", epoch {result['epoch']}" if result["epoch"] is not None else ""
     # A line, not the table's title: rich would wrap a long path to the narrow table's width.
-    console.print(f"dlrun eval: {result['model']} from {result['checkpoint']}{epoch}, on {result['device']}",
+    tta = ", test-time augmentation: flip" if result["tta"] == "flip" else ""
+    console.print(f"dlrun eval: {result['model']} from {result['checkpoint']}{epoch}, on {result['device']}{tta}",
                   highlight=False, soft_wrap=True)
     table = Table()
     table.add_column("split")

@@ -74,7 +74,7 @@ def main(args: list[str]) -> None:
     validate(cfg)
     data = build(cfg.data)  # tensors stay on the CPU: no .to(device) as in training
     model = build_model(cfg, data)
-    x = data.train.x[:BATCH]
+    x, _ = data.batch("train", slice(0, BATCH))  # preprocessed, as the model reads it
     console = get_console()
     console.print(f"data {data.describe()}", highlight=False)
     console.print(layer_table(model, x, depth, f"dlrun summary: {type(model).__name__}, input {list(x.shape)}"))

@@ -151,8 +151,8 @@ def gradcheck(context: Context) -> list[Line]:
     model, data, loss_fn, reg = parts.model.double(), parts.data, parts.loss, parts.reg
     generator = torch.Generator().manual_seed(options["seed"])
     chosen = torch.randperm(len(data.train), generator=generator)[:options["examples"]].to(parts.device)
-    x = data.train.x[chosen].double()
-    y = data.train.y[chosen]
+    x, y = data.batch(data.train, chosen)
+    x = x.double()
     y = y.double() if y.is_floating_point() else y
     weights = penalized_weights(model, reg.exclude_bias_and_norm) if reg.penalized else []
     model.train()

@@ -45,7 +45,7 @@ def measure(trainer, split, indices, batch_size: int) -> tuple[float, float, flo
     total = penalty = zero = 0.0
     with torch.no_grad():
         for chunk in indices.split(batch_size):
-            x, y = split.x[chunk], split.y[chunk]
+            x, y = trainer.data.batch(split, chunk)
             out, loss, reg_loss = trainer.forward_loss(x, y)
             weight = len(chunk) / len(indices)
             total += float(loss) * weight

@@ -61,7 +61,7 @@ def train_steps(trainer, split, indices, lr_at=None) -> list[float]:
             for group in trainer.optimizer.param_groups:
                 group["lr"] = lr_at(i)
         try:
-            trainer.train_step(split.x[index], split.y[index])
+            trainer.train_step(*trainer.data.batch(split, index))
         except UserError:  # the Trainer's guard on a non-finite loss
             losses.append(math.nan)
             break

@@ -54,7 +54,7 @@ def overfit(context: Context) -> list[Line]:
     n = min(options["batches"] * data.batch_size, len(data.train))
     generator = torch.Generator().manual_seed(options["seed"])
     chosen = torch.randperm(len(data.train), generator=generator)[:n].to(parts.device)
-    sample = Split(data.train.x[chosen], data.train.y[chosen])
+    sample = Split(*data.train.take(chosen))  # as stored: evaluate and data.batch preprocess it
     per_pass = math.ceil(n / data.batch_size)
     # The Trainer's window is flushed (and checked for a non-finite loss) once a pass.
     trainer = build_trainer(parts, None, log_every=per_pass, ratio_every=0, ema_decay=None)
@@ -67,7 +67,7 @@ def overfit(context: Context) -> list[Line]:
     trainer.model.train()
     try:
         for index in batches(n, data.batch_size, budget, options["seed"]):
-            trainer.train_step(sample.x[index], sample.y[index])
+            trainer.train_step(*data.batch(sample, index))
             steps += 1
             if steps % per_pass == 0 or steps == budget:
                 metrics = trainer.evaluate(sample)

@@ -1,5 +1,5 @@
-"""Datasets: each loader returns an `InMemoryData` (train/val/test tensors, input shape, outputs)."""
+"""Datasets: each loader returns a `Data` (train/val/test splits, input shape, outputs, preprocessing)."""
 
-from dlrun.data.base import InMemoryData, Split
+from dlrun.data.base import Data, Split, StreamedSplit
 
-__all__ = ["InMemoryData", "Split"]
+__all__ = ["Data", "Split", "StreamedSplit"]

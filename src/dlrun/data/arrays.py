@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlrun.data.base import InMemoryData, holdout
+from dlrun.data.base import Data, holdout
 from dlrun.errors import UserError
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
@@ -31,9 +31,10 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
                         "save plain numeric arrays") from None
 
 
-class ArrayData(InMemoryData):
+class ArrayData(Data):
     def __init__(self, path: str, layout: str = "auto", batch_size: int = 64, eval_batch_size: int = 1024,
-                 val_fraction: float = 0.1, split_seed: int = 0, normalize: bool = True):
+                 val_fraction: float = 0.1, split_seed: int = 0,
+                 preprocess: str = "channel_standardize", on_device: str = "auto"):
         arrays = read_npz(path)
         missing = [k for k in REQUIRED if k not in arrays]
         if missing:
@@ -48,4 +49,5 @@ class ArrayData(InMemoryData):
             train, val = holdout(*train, val_fraction, split_seed)
         test = arrays["x_test"], arrays["y_test"]
         super().__init__(train, val, test, layout=layout, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         normalize=normalize, name=Path(path).name)
+                         preprocess=preprocess, on_device=on_device, name=Path(path).name,
+                         stats_dir=Path(path).expanduser().parent)

@@ -1,37 +1,300 @@
-"""The one interface every dataset gives the trainer: tensors held in memory, batched by index.
+"""The one interface every dataset gives the trainer: train/val/test splits, batched by index.
 
-Data small enough for memory lives as tensors on the training device; a batch is one index
-into them (no DataLoader, no per-sample Python work in the hot loop).
+Data small enough for memory lives as tensors on the training device, stored as they came
+(uint8 pixels stay uint8: a quarter of float32's memory); a batch is one index into them, and
+preprocessing runs on the batch, on the device (no DataLoader, no per-sample Python work in the
+hot loop). A dataset too big for that (data=image_folder) gives a `StreamedSplit` instead: a
+DataLoader with workers that yields the same uint8 batches.
+
+What the trainer does with a batch:  x = data.prepare(x_raw)  or, when training,
+    unit = data.to_unit(x_raw) -> augment.pixels -> data.normalize -> augment.erase -> augment.mix
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from dlrun.data.preprocess import Preprocess
 from dlrun.errors import UserError
 
+log = logging.getLogger("dlrun")
+
 LAYOUTS = ("features", "signal", "image", "sequence")
-# Axes that share one normalisation statistic, per layout, for the full (N, ...) array:
-# every "channel" gets its own mean and std.
-_STAT_AXES = {"features": (0,), "signal": (0, 2), "image": (0, 2, 3), "sequence": (0, 1)}
+ON_DEVICE = ("auto", "true", "false")
+# data.on_device=auto keeps a dataset on a CUDA device when it takes at most this share of the free memory.
+DEVICE_SHARE = 0.5
 
 
-@dataclass
 class Split:
-    x: torch.Tensor
-    y: torch.Tensor
+    """One split held as tensors: x as stored (uint8 pixels or float32), y (labels or targets)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+        self.device = x.device  # where batches are delivered (the training device)
 
     def __len__(self) -> int:
         return len(self.x)
 
-    def to(self, device: torch.device) -> "Split":
-        return Split(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True))
+    def place(self, device: torch.device, on_device: bool) -> None:
+        """Keep the tensors on the training device, or in (pinned) host memory, copying each batch over."""
+        self.device = device
+        if on_device or device.type == "cpu":
+            self.x, self.y = self.x.to(device), self.y.to(device)
+        elif device.type == "cuda":  # pinned pages: the per-batch copy is asynchronous
+            self.x, self.y = self.x.pin_memory(), self.y.pin_memory()
+
+    def take(self, index: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """x[index], y[index] on the training device, x still as stored."""
+        if isinstance(index, torch.Tensor):
+            index = index.to(self.x.device)
+        return (self.x[index].to(self.device, non_blocking=True),
+                self.y[index].to(self.device, non_blocking=True))
+
+    def batches(self, batch_size: int, order: torch.Tensor | None = None,
+                start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches in `order` (a permutation) or in storage order, from batch number `start` on."""
+        if order is not None:
+            order = order.to(self.x.device, non_blocking=True)
+        for begin in range(start * batch_size, len(self), batch_size):
+            index = slice(begin, begin + batch_size) if order is None else order[begin:begin + batch_size]
+            yield self.take(index)
 
 
-def standard_shape(x: np.ndarray, layout: str, name: str = "x") -> tuple[np.ndarray, str]:
+class Data:
+    """Train/val/test splits plus what a model needs to know about them.
+
+    Subclasses load arrays or tensors and call `__init__`; it checks them, decides the task from
+    y's dtype (integers: classification, floats: regression), and sets up the preprocessing with
+    statistics of the training split alone (cached in `stats_dir` when a dataset has a folder).
+    uint8 x are pixels: `to_unit` scales them to [0, 1] before anything else sees them.
+    """
+
+    def __init__(
+        self,
+        train: tuple,
+        val: tuple,
+        test: tuple,
+        *,
+        layout: str,
+        batch_size: int,
+        eval_batch_size: int,
+        name: str,
+        preprocess: str = "channel_standardize",
+        on_device: str | bool = "auto",
+        stats_dir: Path | None = None,
+        classes: list[str] | None = None,
+    ):
+        if batch_size < 1 or eval_batch_size < 1:
+            raise UserError(f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} must be >= 1")
+        self.name = name
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size)
+        self.on_device = str(on_device).lower()
+        if self.on_device not in ON_DEVICE:
+            raise UserError(f"data.on_device={on_device!r} must be auto, true or false")
+        xs, ys, streamed = {}, {}, {}
+        for split, given in {"train": train, "val": val, "test": test}.items():
+            if isinstance(given, StreamedSplit):  # read from files batch by batch: uint8 images
+                streamed[split], xs[split], ys[split] = given, given, given.y
+                layout_of_split = "image"
+                continue
+            x, y = as_tensor(given[0]), as_tensor(given[1])
+            if len(x) != len(y):
+                raise UserError(f"x_{split} has {len(x)} samples but y_{split} has {len(y)}; they must match")
+            if len(x) == 0:
+                raise UserError(f"the {split} split of {name} is empty; give it at least one sample")
+            if x.dtype == torch.bool:
+                x = x.to(torch.uint8)
+            if x.is_complex() or not (x.is_floating_point() or x.dtype in INTEGERS):
+                raise UserError(f"x_{split} has dtype {x.dtype}; it must be numeric")
+            xs[split], layout_of_split = standard_shape(x, layout, f"x_{split}")
+            ys[split] = y
+        self.layout = layout_of_split
+        shapes = {tuple(x.shape[1:]) for x in xs.values()}  # a StreamedSplit's shape is (N, C, H, W) too
+        if len(shapes) != 1:
+            raise UserError(f"the splits of {name} have different sample shapes {sorted(shapes)}; they must agree")
+        self.input_shape: tuple[int, ...] = shapes.pop()
+        # uint8 is pixels (0..255 -> [0, 1]); any other integer or float type is taken as it is, in float32.
+        self.scale = 1 / 255 if xs["train"].dtype == torch.uint8 else None
+        xs = {s: x if s in streamed or x.dtype == torch.uint8 else x.float() for s, x in xs.items()}
+
+        self.task = "classification" if all(_is_integer(y) for y in ys.values()) else "regression"
+        if self.task == "classification":
+            for split, y in ys.items():
+                if y.ndim != 1:
+                    raise UserError(f"y_{split} has shape {tuple(y.shape)}; class labels must be a vector (N,)")
+                if y.min() < 0:
+                    raise UserError(f"y_{split} has negative labels ({int(y.min())}); classes must be 0..C-1")
+            self.num_outputs = int(max(int(y.max()) for y in ys.values())) + 1
+            ys = {s: y.long() for s, y in ys.items()}
+        else:
+            ys = {s: y.reshape(len(y), -1).float() for s, y in ys.items()}
+            widths = {y.shape[1] for y in ys.values()}
+            if len(widths) != 1:
+                raise UserError(f"the regression targets of {name} have different widths {sorted(widths)}")
+            self.num_outputs = widths.pop()
+        self.classes = classes
+
+        self.preprocess = Preprocess.fit(preprocess, xs["train"], self.layout, self.scale, stats_dir, name)
+        if self.preprocess.flattens:  # pca_whiten: the model sees the whitened coefficients as features
+            self.layout, self.input_shape = "features", (int(np.prod(self.input_shape)),)
+        self.splits: dict[str, Split | StreamedSplit] = {s: streamed.get(s) or Split(xs[s], ys[s]) for s in xs}
+        self.device = torch.device("cpu")
+
+    # ------------------------------------------------------------------------------ splits
+    @property
+    def train(self) -> Split:
+        return self.splits["train"]
+
+    @property
+    def val(self) -> Split:
+        return self.splits["val"]
+
+    @property
+    def test(self) -> Split:
+        return self.splits["test"]
+
+    def nbytes(self) -> int:
+        return sum(s.x.numel() * s.x.element_size() + s.y.numel() * s.y.element_size()
+                   for s in self.splits.values() if isinstance(s, Split))
+
+    def to(self, device: torch.device) -> "Data":
+        """Deliver batches on `device`; data.on_device says whether the tensors move there too."""
+        self.device = device
+        on_device = self.on_device == "true" or (self.on_device == "auto" and fits(self.nbytes(), device))
+        try:
+            for split in self.splits.values():
+                split.place(device, on_device)
+        except torch.OutOfMemoryError:
+            raise UserError(f"data.on_device=true: {self.name} ({self.nbytes() / 2**30:.1f} GiB) does not fit in "
+                            f"{device}'s memory; use data.on_device=false (batches are copied over as needed)") from None
+        self.preprocess.to(device)
+        return self
+
+    # ---------------------------------------------------------------------------- batches
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Stored x -> float32: pixels scaled to [0, 1], anything else as it is."""
+        return x.float() * self.scale if self.scale is not None else x.float()
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit-scaled x -> what the model reads: data.preprocess with the training split's statistics."""
+        return self.preprocess(x)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Stored x -> model input, without augmentation (evaluation, checks)."""
+        return self.normalize(self.to_unit(x))
+
+    def batch(self, split: Split | str, index: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """A model-ready (x, y) of `split` at `index`, on the training device."""
+        split = self.splits[split] if isinstance(split, str) else split
+        x, y = split.take(index)
+        return self.prepare(x), y
+
+    def describe(self) -> str:
+        sizes = "/".join(str(len(self.splits[s])) for s in ("train", "val", "test"))
+        outputs = f"{self.num_outputs} classes" if self.task == "classification" else f"{self.num_outputs} targets"
+        stored = "uint8" if self.scale is not None else "float32"
+        return (f"{self.name}: {sizes} train/val/test, {self.layout} {self.input_shape}, {outputs}, "
+                f"{stored}, preprocess {self.preprocess.method}")
+
+
+class StreamedSplit:
+    """A split read from files by a torch DataLoader each time it is iterated (data=image_folder).
+
+    `dataset[i]` must give (uint8 CHW tensor, label). Batches come out as a `Split`'s do: stored
+    (uint8) x and y on the training device, in `order` from batch `start` on, so a resumed run
+    continues the permutation it was in.
+    """
+
+    dtype = torch.uint8
+
+    def __init__(self, dataset: torch.utils.data.Dataset, y: torch.Tensor, workers: int, sample_shape: tuple):
+        self.dataset, self.y, self.workers = dataset, y, workers
+        self.sample_shape = tuple(sample_shape)
+        self.device = torch.device("cpu")
+        self.sampler = _OrderedBatches()
+        self.loader: torch.utils.data.DataLoader | None = None
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.sample_shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def split(self, size: int) -> Iterator[torch.Tensor]:
+        """x in chunks of `size` samples, in order (as Tensor.split gives them): for statistics."""
+        for x, _ in self.batches(size):
+            yield x
+
+    def place(self, device: torch.device, on_device: bool) -> None:
+        self.device = device
+        self.y = self.y.to(device)
+
+    def take(self, index: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = range(len(self))[index] if isinstance(index, slice) else index.tolist()
+        x = torch.stack([self.dataset[i][0] for i in rows])
+        return x.to(self.device), self.y[torch.as_tensor(list(rows), device=self.y.device)]
+
+    def batches(self, batch_size: int, order: torch.Tensor | None = None,
+                start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.arange(len(self)) if order is None else order.cpu()
+        self.sampler.chunks = [c.tolist() for c in order[start * batch_size:].split(batch_size)]
+        if self.loader is None:  # one loader, so persistent workers survive from epoch to epoch
+            self.loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=self.sampler, num_workers=self.workers,
+                pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
+                prefetch_factor=4 if self.workers > 0 else None)
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+class _OrderedBatches:
+    """A batch sampler whose batches the split sets before each pass (a DataLoader reads it lazily)."""
+
+    def __init__(self):
+        self.chunks: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.chunks)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+
+# ------------------------------------------------------------------------------------ helpers
+INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def as_tensor(a) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a
+    a = np.asarray(a)
+    if a.dtype == np.uint16 or a.dtype == np.uint32 or a.dtype == np.uint64:
+        a = a.astype(np.int64)
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise UserError(f"an array has dtype {a.dtype}; data must be numeric")
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def fits(nbytes: int, device: torch.device) -> bool:
+    """Whether data.on_device=auto keeps `nbytes` of data on `device` (always, for the CPU)."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= DEVICE_SHARE * free
+
+
+def standard_shape(x: torch.Tensor, layout: str, name: str = "x") -> tuple[torch.Tensor, str]:
     """Bring x to the canonical shape of its layout: (N, F), (N, C, L), (N, C, H, W) or (N, T, F).
 
     `layout="auto"` decides from the rank where that is unambiguous: (N, F) is features and
@@ -63,107 +326,11 @@ def standard_shape(x: np.ndarray, layout: str, name: str = "x") -> tuple[np.ndar
     return x, layout
 
 
-class InMemoryData:
-    """Train/val/test tensors plus what a model needs to know about them.
-
-    Subclasses load arrays and call `__init__`; it checks them, decides the task from y's dtype
-    (integers: classification, floats: regression), and normalises x per channel with statistics
-    computed on the training split alone.
-    """
-
-    def __init__(
-        self,
-        train: tuple[np.ndarray, np.ndarray],
-        val: tuple[np.ndarray, np.ndarray],
-        test: tuple[np.ndarray, np.ndarray],
-        *,
-        layout: str,
-        batch_size: int,
-        eval_batch_size: int,
-        normalize: bool,
-        name: str,
-    ):
-        if batch_size < 1 or eval_batch_size < 1:
-            raise UserError(f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} must be >= 1")
-        self.name = name
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size)
-        splits = {"train": train, "val": val, "test": test}
-        xs, ys = {}, {}
-        for split, (x, y) in splits.items():
-            x, y = np.asarray(x), np.asarray(y)
-            if len(x) != len(y):
-                raise UserError(f"x_{split} has {len(x)} samples but y_{split} has {len(y)}; they must match")
-            if len(x) == 0:
-                raise UserError(f"the {split} split of {name} is empty; give it at least one sample")
-            if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-                raise UserError(f"x_{split} has dtype {x.dtype}; it must be numeric")
-            xs[split], layout_of_split = standard_shape(x, layout, f"x_{split}")
-            ys[split] = y
-        self.layout = layout_of_split
-        shapes = {tuple(x.shape[1:]) for x in xs.values()}
-        if len(shapes) != 1:
-            raise UserError(f"the splits of {name} have different sample shapes {sorted(shapes)}; they must agree")
-        self.input_shape: tuple[int, ...] = shapes.pop()
-
-        self.task = "classification" if all(_is_integer(y) for y in ys.values()) else "regression"
-        if self.task == "classification":
-            for split, y in ys.items():
-                if y.ndim != 1:
-                    raise UserError(f"y_{split} has shape {y.shape}; class labels must be a vector (N,)")
-                if y.min() < 0:
-                    raise UserError(f"y_{split} has negative labels ({y.min()}); classes must be 0..C-1")
-            self.num_outputs = int(max(y.max() for y in ys.values())) + 1
-        else:
-            ys = {s: y.reshape(len(y), -1) for s, y in ys.items()}
-            widths = {y.shape[1] for y in ys.values()}
-            if len(widths) != 1:
-                raise UserError(f"the regression targets of {name} have different widths {sorted(widths)}")
-            self.num_outputs = widths.pop()
-
-        self.mean = self.std = None
-        if normalize:
-            axes = _STAT_AXES[self.layout]
-            train_x = xs["train"].astype(np.float64)
-            self.mean = train_x.mean(axis=axes, keepdims=True)
-            std = train_x.std(axis=axes, keepdims=True)
-            self.std = np.where(std < 1e-8, 1.0, std)  # constant channels (blank pixels) stay put
-            xs = {s: (x - self.mean) / self.std for s, x in xs.items()}
-
-        y_dtype = torch.long if self.task == "classification" else torch.float32
-        self.splits = {
-            s: Split(torch.as_tensor(np.ascontiguousarray(xs[s]), dtype=torch.float32),
-                     torch.as_tensor(ys[s], dtype=y_dtype))
-            for s in splits
-        }
-
-    @property
-    def train(self) -> Split:
-        return self.splits["train"]
-
-    @property
-    def val(self) -> Split:
-        return self.splits["val"]
-
-    @property
-    def test(self) -> Split:
-        return self.splits["test"]
-
-    def to(self, device: torch.device) -> "InMemoryData":
-        self.splits = {s: split.to(device) for s, split in self.splits.items()}
-        return self
-
-    def describe(self) -> str:
-        sizes = "/".join(str(len(self.splits[s])) for s in ("train", "val", "test"))
-        outputs = f"{self.num_outputs} classes" if self.task == "classification" else f"{self.num_outputs} targets"
-        return f"{self.name}: {sizes} train/val/test, {self.layout} {self.input_shape}, {outputs}"
+def _is_integer(y: torch.Tensor) -> bool:
+    return y.dtype in INTEGERS or y.dtype == torch.bool
 
 
-def _is_integer(y: np.ndarray) -> bool:
-    return np.issubdtype(y.dtype, np.integer) or y.dtype == bool
-
-
-def holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[tuple, tuple]:
+def holdout(x, y, fraction: float, seed: int) -> tuple[tuple, tuple]:
     """Split a seeded `fraction` of (x, y) off as a held-out set: ((x_kept, y_kept), (x_held, y_held))."""
     if not 0.0 < fraction < 1.0:
         raise UserError(f"data.val_fraction={fraction} must be in (0, 1) when the data has no validation split")
@@ -172,4 +339,6 @@ def holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[t
     if n_held >= len(x):
         raise UserError(f"data.val_fraction={fraction} leaves no training samples out of {len(x)}")
     held, kept = order[:n_held], order[n_held:]
+    if isinstance(x, torch.Tensor):
+        held, kept = torch.from_numpy(held), torch.from_numpy(kept)
     return (x[kept], y[kept]), (x[held], y[held])

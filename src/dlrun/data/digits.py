@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlrun.data.base import InMemoryData, holdout
+from dlrun.data.base import Data, holdout
 from dlrun.errors import UserError
 
 
@@ -27,9 +27,10 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return load_digits(return_X_y=True)
 
 
-class DigitsData(InMemoryData):
+class DigitsData(Data):
     def __init__(self, batch_size: int = 64, eval_batch_size: int = 1024, val_fraction: float = 0.1,
-                 test_fraction: float = 0.2, split_seed: int = 0, normalize: bool = True):
+                 test_fraction: float = 0.2, split_seed: int = 0,
+                 preprocess: str = "channel_standardize", on_device: str = "auto"):
         if not 0.0 < test_fraction < 1.0:
             raise UserError(f"data.test_fraction={test_fraction} must be in (0, 1)")
         x, y = load_digits_arrays()
@@ -38,4 +39,5 @@ class DigitsData(InMemoryData):
         rest, test = holdout(x, y, test_fraction, split_seed)
         train, val = holdout(*rest, val_fraction, split_seed + 1)
         super().__init__(train, val, test, layout="image", batch_size=batch_size,
-                         eval_batch_size=eval_batch_size, normalize=normalize, name="digits")
+                         eval_batch_size=eval_batch_size, preprocess=preprocess, on_device=on_device,
+                         name="digits")

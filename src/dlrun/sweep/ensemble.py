@@ -49,11 +49,11 @@ def members(folders: list[Path], top: int) -> list[Path]:
 
 
 @torch.no_grad()
-def probabilities(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """softmax(model(x)) in eval mode, batch by batch, in float32."""
+def probabilities(model: torch.nn.Module, data, split: str) -> torch.Tensor:
+    """softmax(model(x)) over a split of `data`, in eval mode, batch by batch, in float32."""
     model.eval()
-    return torch.cat([torch.softmax(model(x[i:i + batch_size]).float(), dim=1)
-                      for i in range(0, len(x), batch_size)])
+    return torch.cat([torch.softmax(model(data.prepare(x)).float(), dim=1)
+                      for x, _ in data.splits[split].batches(data.eval_batch_size)])
 
 
 def accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:
@@ -74,7 +74,7 @@ def ensemble(folders: list[Path], top: int = 3) -> dict[str, Any]:
             raise UserError(f"{run_dir}: its test split differs from {rows[0]['dir']}'s; ensemble runs trained on "
                             "the same data (data= and data.split_seed)")
         targets = y
-        p = probabilities(parts.model, test.x, parts.data.eval_batch_size).cpu()
+        p = probabilities(parts.model, parts.data, "test").cpu()
         probs.append(p)
         rows.append({"dir": str(run_dir), "checkpoint": str(path), "acc": accuracy(p, y)})
     mean = torch.stack(probs).mean(0)  # the members' predicted distributions, averaged

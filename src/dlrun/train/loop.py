@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from dlrun.data import InMemoryData, Split
+from dlrun.data import Data, Split, StreamedSplit
+from dlrun.data.augment import Augment
 from dlrun.errors import UserError
 from dlrun.monitor.diagnostics import Diagnostics, DiagnosticsSettings, RatioWatch
 from dlrun.monitor.progress import StepProgress
@@ -60,6 +61,21 @@ def plan(n_train: int, batch_size: int, epochs: int, max_steps: int | None) -> t
     return steps_per_epoch, epochs, max_steps or epochs * steps_per_epoch
 
 
+Mix = tuple[torch.Tensor, float]  # mixup/cutmix: the second targets and the first's weight lam
+
+TTA = ("none", "flip")
+
+
+def check_tta(tta: str, data: Data, loss: Loss) -> str:
+    """eval.tta: flip needs images and a softmax classifier (it averages class probabilities)."""
+    if tta not in TTA:
+        raise UserError(f"eval.tta={tta!r} is not a test-time augmentation; use none or flip")
+    if tta == "flip" and (data.layout != "image" or loss.name != "cross_entropy"):
+        raise UserError(f"eval.tta=flip averages the softmax over an image and its mirror; this run has "
+                        f"{data.layout} data and loss {loss.name}: use eval.tta=none")
+    return tta
+
+
 @dataclass
 class Best:
     """The best validation result so far, by the monitored metric."""
@@ -71,14 +87,15 @@ class Best:
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, data: InMemoryData, optimizer: torch.optim.Optimizer,
+    def __init__(self, model: nn.Module, data: Data, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, sched_interval: str, *,
                  device: torch.device, precision: str, epochs: int, max_steps: int | None,
                  reg: Regularization, grad_clip: float | None, monitor: str, seed: int,
                  writer: RunWriter, checkpoint_dir: Path | None, log_every: int, ratio_every: int,
                  stop_at_epoch: int | None = None, config: dict[str, Any] | None = None, loss: Loss | None = None,
                  ema_decay: float | None = None, grad_clip_mode: str = "norm",
-                 diagnostics: DiagnosticsSettings | None = None, checkpoint_every_steps: int | None = None):
+                 diagnostics: DiagnosticsSettings | None = None, checkpoint_every_steps: int | None = None,
+                 augment: Augment | None = None, tta: str = "none"):
         self.model, self.data, self.optimizer, self.scheduler = model, data, optimizer, scheduler
         self.sched_interval = sched_interval
         self.device, self.precision = device, precision
@@ -87,6 +104,9 @@ class Trainer:
         self.reg, self.grad_clip, self.grad_clip_mode = reg, grad_clip, grad_clip_mode
         self.classification = data.task == "classification"
         self.loss_fn = loss or build_loss("auto", data.task)
+        # augment=...: training batches only (never validation or test), with its own saved random state.
+        self.augment = augment if augment is not None and augment.enabled else None
+        self.tta = check_tta(tta, data, self.loss_fn)  # eval.tta: the test evaluations' test-time augmentation
         self.monitor, self.maximize = resolve_monitor(monitor, self.classification)
         self.writer, self.checkpoint_dir, self.config = writer, checkpoint_dir, config or {}
         self.checkpoints = checkpoint.BackgroundWriter()
@@ -216,7 +236,7 @@ class Trainer:
         if resume is not None:  # the same permutation again, then on from the step it reached
             self.shuffle.set_state(resume["shuffle"])
         self.epoch_shuffle_state = self.shuffle.get_state()
-        order = torch.randperm(len(train), generator=self.shuffle).to(self.device, non_blocking=True)
+        order = torch.randperm(len(train), generator=self.shuffle)
         started = time.perf_counter()
         if resume is not None:
             self.epoch_sums = [float(v) for v in resume["sums"]]
@@ -227,17 +247,18 @@ class Trainer:
             self.position = 0
         every = self.checkpoint_every_steps if self.checkpoint_dir is not None else None
         try:
-            for start in range(self.position * batch_size, len(train), batch_size):
+            for x, y in train.batches(batch_size, order, start=self.position):
                 if self._out_of_steps():
                     break
                 if self.stop_request:  # the step in flight has finished: save the position and stop
                     self.train_seconds += time.perf_counter() - started
                     self._save_mid_epoch()
                     return None
-                index = order[start:start + batch_size]
-                self.train_step(train.x[index], train.y[index])
+                x, y, mix = self.training_batch(x, y)
+                self.train_step(x, y, mix)
                 self.position += 1
-                if every and self.step % every == 0 and start + batch_size < len(train) and not self._out_of_steps():
+                more = self.position < self.steps_per_epoch
+                if every and self.step % every == 0 and more and not self._out_of_steps():
                     self._save_mid_epoch()
         finally:
             self.position = None
@@ -251,15 +272,31 @@ class Trainer:
             metrics["acc"] = correct / samples
         return metrics
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def training_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Mix | None]:
+        """A stored batch -> the model's input and targets: augmented and preprocessed on the device.
+
+        Pixel augmentations (crop, flip, jitter) see [0, 1] pixels; cutout comes after the
+        normalisation, so its square is the mean; mixup/cutmix blend the normalised inputs.
+        """
+        if self.augment is None:
+            return self.data.prepare(x), y, None
+        x = self.data.to_unit(x)
+        if self.augment.pixel_ops:
+            x = self.augment.pixels(x)
+        x = self.augment.erase(self.data.normalize(x))
+        x, y, y2, lam = self.augment.mix(x, y)
+        return x, y, (y2, lam) if y2 is not None else None
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, mix: Mix | None = None) -> None:
+        """One optimizer step on a model-ready batch; `mix` (y2, lam): the loss is lam L(y) + (1 - lam) L(y2)."""
         measure_ratio = self.ratio_every > 0 and self.step % self.ratio_every == 0
         log_now = (self.step + 1) % self.log_every == 0
         diagnose = self.diagnostics_every > 0 and self.step % self.diagnostics_every == 0
         self._record_lr()
         if self.closure_step:
-            out, loss, grad_norm = self._closure_step(x, y, measure_ratio, log_now, diagnose)
+            out, loss, grad_norm = self._closure_step(x, y, measure_ratio, log_now, diagnose, mix)
         else:
-            out, loss, grad_norm = self._gradient_step(x, y, measure_ratio, log_now, diagnose)
+            out, loss, grad_norm = self._gradient_step(x, y, measure_ratio, log_now, diagnose, mix)
         if diagnose:  # the one sync of a diagnostics step; logged at the step as update_ratio/ is
             self.diagnostics.write(self.writer, self.step)
         if self.constrained:
@@ -275,36 +312,42 @@ class Trainer:
                 self.keep_logits = False
                 self.window_pred = [logits.argmax(1) for logits in self.window_pred]
             self.window_pred.append(out.detach() if self.keep_logits else out.argmax(1))
-            self.window_target.append(y)
+            # A mixed batch counts as correct the class that makes up most of each input.
+            self.window_target.append(y if mix is None or mix[1] >= 0.5 else mix[0])
         self.window_samples += len(y)
         if log_now:
             self._flush(grad_norm)
 
-    def forward_loss(self, x: torch.Tensor, y: torch.Tensor,
-                     diagnose: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward_loss(self, x: torch.Tensor, y: torch.Tensor, diagnose: bool = False,
+                     mix: Mix | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The model's output, the loss to minimise (data loss + penalty) and the penalty alone,
         as training computes them; with `diagnose`, the diagnostics hook this forward only."""
         if diagnose:
             self.diagnostics.start()
             try:
-                return self._forward(x, y)
+                return self._forward(x, y, mix)
             finally:
                 self.diagnostics.stop()
-        return self._forward(x, y)
+        return self._forward(x, y, mix)
 
-    def _forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _forward(self, x: torch.Tensor, y: torch.Tensor,
+                 mix: Mix | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         with self.autocast():
             out = self.model(x)
             data_loss = self.loss_fn(out.float(), y)
+            if mix is not None:  # mixup/cutmix: cross-entropy is linear in the target distribution
+                y2, lam = mix
+                data_loss = lam * data_loss + (1 - lam) * self.loss_fn(out.float(), y2)
         if not self.weights:
             return out, data_loss, None
         reg_loss = penalty(self.weights, self.reg.l2, self.reg.l1)
         return out, data_loss + reg_loss, reg_loss
 
     def _gradient_step(self, x: torch.Tensor, y: torch.Tensor, measure_ratio: bool, log_now: bool,
-                       diagnose: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                       diagnose: bool = False,
+                       mix: Mix | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Forward, backward, (unscale, clip,) step: every optimizer but L-BFGS."""
-        out, loss, reg_loss = self.forward_loss(x, y, diagnose)
+        out, loss, reg_loss = self.forward_loss(x, y, diagnose, mix)
         if reg_loss is not None:
             self.window_reg.append(reg_loss.detach())
 
@@ -337,7 +380,8 @@ class Trainer:
         return out, loss, grad_norm
 
     def _closure_step(self, x: torch.Tensor, y: torch.Tensor, measure_ratio: bool, log_now: bool,
-                      diagnose: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                      diagnose: bool = False,
+                      mix: Mix | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """L-BFGS: optimizer.step(closure), the closure evaluating loss (L2 included) and gradient.
 
         The step calls it up to optim.max_eval times (it reads each loss back, for its line
@@ -348,7 +392,7 @@ class Trainer:
 
         def closure() -> torch.Tensor:
             self.optimizer.zero_grad(set_to_none=True)
-            out, loss, reg_loss = self.forward_loss(x, y, diagnose and not first)  # diagnose the first evaluation
+            out, loss, reg_loss = self.forward_loss(x, y, diagnose and not first, mix)  # diagnose the first evaluation
             loss.backward()
             if not first:
                 if diagnose:
@@ -452,18 +496,25 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- evaluation
     @torch.inference_mode()
-    def evaluate(self, split: Split, model: nn.Module | None = None) -> dict[str, float]:
-        """Mean loss (and accuracy) of `model` (the trained one) over a whole split, in eval mode; one sync."""
+    def evaluate(self, split: Split | StreamedSplit, model: nn.Module | None = None,
+                 tta: str = "none") -> dict[str, float]:
+        """Mean loss (and accuracy) of `model` (the trained one) over a whole split, in eval mode; one sync.
+
+        tta="flip": the notes' test-time augmentation, the mean of the softmax of each image and of
+        its mirror image; the loss is then that of the averaged distribution.
+        """
         model = model or self.model
         was_training = model.training
         model.eval()
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
-        for start in range(0, len(split), self.data.eval_batch_size):
-            x = split.x[start:start + self.data.eval_batch_size]
-            y = split.y[start:start + self.data.eval_batch_size]
+        for x, y in split.batches(self.data.eval_batch_size):
+            x = self.data.prepare(x)
             with self.autocast():
                 out = model(x).float()
+                if tta == "flip":
+                    mirrored = model(x.flip(-1)).float()
+                    out = ((out.softmax(1) + mirrored.softmax(1)) / 2).log()  # log-probabilities act as logits
             total_loss += self.loss_fn(out, y, reduction="sum")
             if self.classification:
                 correct += (out.argmax(1) == y).sum()
@@ -558,6 +609,7 @@ class Trainer:
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
                 "shuffle": self.shuffle.get_state(),
+                "augment": self.augment.state_dict() if self.augment is not None else None,
             },
             "train_samples": self.train_samples,
             "train_seconds": self.train_seconds,
@@ -594,6 +646,8 @@ class Trainer:
         if self.device.type == "cuda" and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.shuffle.set_state(state["rng"]["shuffle"])
+        if self.augment is not None and state["rng"].get("augment") is not None:
+            self.augment.load_state_dict(state["rng"]["augment"])
         self.resume_position = state.get("partial")  # a mid-epoch checkpoint: train_epoch continues that epoch
         self.train_samples = int(state.get("train_samples", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
@@ -602,8 +656,8 @@ class Trainer:
         """Evaluate the best weights (by the monitored metric) on the test split."""
         if self.best.state is not None:
             self.model.load_state_dict(self.best.state)
-        return self.evaluate(self.data.test)
+        return self.evaluate(self.data.test, tta=self.tta)
 
     def test_ema(self) -> dict[str, float]:
         """Evaluate the final averaged weights (trainer.ema_decay) on the test split."""
-        return self.evaluate(self.data.test, self.ema.module) if self.ema is not None else {}
+        return self.evaluate(self.data.test, self.ema.module, tta=self.tta) if self.ema is not None else {}

@@ -61,9 +61,9 @@ def hyperparameters(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
     """The run's key choices and values, flat, for HParams and summary.json."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     params: dict[str, Any] = dict(choices)
-    for group in ("model", "init", "reg", "loss", "optim", "sched"):
+    for group in ("model", "init", "reg", "loss", "optim", "sched", "augment"):
         params.update(flatten(tree.get(group) or {}, f"{group}."))
-    for key in ("data.batch_size", "trainer.epochs", "trainer.max_steps", "trainer.seed", "trainer.precision"):
+    for key in ("data.batch_size", "data.preprocess", "trainer.epochs", "trainer.max_steps", "trainer.seed", "trainer.precision"):
         group, name = key.split(".")
         value = tree[group].get(name)
         params[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
@@ -161,7 +161,24 @@ def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
         config=OmegaConf.to_container(cfg, resolve=True), ema_decay=ema_decay, grad_clip_mode=grad_clip_mode,
         diagnostics=diagnostics,
         checkpoint_every_steps=number(cfg, "trainer.checkpoint_every_steps", int, 1, optional=True),
+        # A checkpoint's config from before augment= and eval= existed has neither: both off.
+        augment=OmegaConf.to_container(cfg.augment, resolve=True) if OmegaConf.select(cfg, "augment") else None,
+        tta=str(OmegaConf.select(cfg, "eval.tta", default="none")),
     )
+
+
+def build_augment(settings: dict[str, Any] | None, data: Any, device: torch.device, seed: int) -> Any:
+    """augment=...: the Augment for the training batches, checked against the data (None when all off)."""
+    if not settings:
+        return None
+    from dlrun.data.augment import Augment
+
+    augment = Augment(**settings, seed=seed, device=device)
+    if not augment.enabled:
+        return None
+    channels = data.input_shape[0] if data.layout == "image" else 0
+    augment.check(data.layout, channels, data.task == "classification")
+    return augment
 
 
 def build_trainer(parts: Parts, log_dir: Path | None, checkpoint_dir: Path | None = None, **changes: Any) -> Trainer:
@@ -171,6 +188,8 @@ def build_trainer(parts: Parts, log_dir: Path | None, checkpoint_dir: Path | Non
     cfg, data, model = parts.cfg, parts.data, parts.model
     options = dict(parts.settings, reg=parts.reg, loss=parts.loss, checkpoint_dir=checkpoint_dir)
     options.update(changes)
+    options["augment"] = build_augment(options["augment"], data, parts.device, options["seed"]) \
+        if isinstance(options.get("augment"), dict) else options.get("augment")
     optimizer = build_optimizer(cfg.optim, parameter_groups(model, options["reg"], str(cfg.optim._target_)))
     if isinstance(optimizer, torch.optim.LBFGS) and data.batch_size < len(data.train):
         log.warning(f"optim=lbfgs on minibatches ({data.batch_size} of {len(data.train)} samples): L-BFGS "
