@@ -191,27 +191,88 @@ FRACTION = dict(ge=0, lt=1)  # a share of something, or a probability of droppin
 SEED = dict(ge=0, le=2**32 - 1)  # what numpy's and torch's generators all take
 
 
+PREPROCESS = ("none", "mean_image", "channel_mean", "channel_standardize", "pca_whiten")
+
+
 @dataclass
-class DigitsData:
-    _target_: str = "dlrun.data.digits.DigitsData"
+class Batched:
+    """Keys every dataset has."""
+
+    _target_: str = MISSING
     batch_size: int = setting(64, **BATCH)
     eval_batch_size: int = setting(1024, **BATCH)
+    preprocess: str = setting("channel_standardize", choices=PREPROCESS)
+    on_device: Any = setting("auto", choices=("auto", True, False))
+
+
+@dataclass
+class DigitsData(Batched):
     val_fraction: float = setting(0.1, **FRACTION)
     test_fraction: float = setting(0.2, gt=0, lt=1)
     split_seed: int = setting(0, **SEED)
-    normalize: bool = True
 
 
 @dataclass
-class ArrayData:
-    _target_: str = "dlrun.data.arrays.ArrayData"
+class ArrayData(Batched):
     path: str = setting(path=True, hint="an .npz file with x_train, y_train, x_test, y_test")
     layout: str = setting("auto", choices=("auto", "features", "signal", "image", "sequence"))
-    batch_size: int = setting(64, **BATCH)
-    eval_batch_size: int = setting(1024, **BATCH)
     val_fraction: float = setting(0.1, **FRACTION)
     split_seed: int = setting(0, **SEED)
-    normalize: bool = True
+
+
+@dataclass
+class VisionData(Batched):
+    root: str = "~/.cache/dlrun/data"
+    download: bool = False
+    val_fraction: float = setting(0.1, **FRACTION)
+    split_seed: int = setting(0, **SEED)
+
+
+@dataclass
+class ImageFolder(Batched):
+    root: str = setting(path=True, hint="a folder with train/ and test/ (and maybe val/), one subfolder per class")
+    image_size: int = setting(32, ge=1, hint="(images are resized to image_size x image_size)")
+    grayscale: bool = False
+    workers: int = setting(2, ge=0)
+    val_fraction: float = setting(0.1, **FRACTION)
+    split_seed: int = setting(0, **SEED)
+
+
+@dataclass
+class Generated(Batched):
+    """Sequence tasks generated from their own seed (no files)."""
+
+    preprocess: str = setting("none", choices=PREPROCESS)
+    train_samples: int = setting(20000, ge=1)
+    val_samples: int = setting(1000, ge=1)
+    test_samples: int = setting(2000, ge=1)
+    seed: int = setting(0, **SEED)
+
+
+@dataclass
+class AddingData(Generated):
+    seq_len: int = setting(30, ge=2)
+
+
+@dataclass
+class CopyData(Generated):
+    length: int = setting(5, ge=1)
+    delay: int = setting(10, ge=0)
+
+
+@dataclass
+class Augment:
+    crop_padding: int = setting(0, ge=0)
+    flip: bool = False
+    cutout: int = setting(0, ge=0)
+    jitter: float = setting(0.0, ge=0, lt=1)
+    mixup: float = setting(0.0, ge=0, hint="(Beta's alpha; 0: off)")
+    cutmix: float = setting(0.0, ge=0, hint="(Beta's alpha; 0: off)")
+
+
+@dataclass
+class Eval:
+    tta: str = setting("none", choices=("none", "flip"))
 
 
 # ------------------------------------------------------------------------------------ models
@@ -553,6 +614,9 @@ class Sweep:
 # Targeted groups: one schema per class. A target not listed here is a user's own class.
 TARGETS: dict[str, type] = {
     "dlrun.data.digits.DigitsData": DigitsData, "dlrun.data.arrays.ArrayData": ArrayData,
+    **{f"dlrun.data.vision.{name}": VisionData for name in ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100", "SVHN")},
+    "dlrun.data.folder.ImageFolderData": ImageFolder, "dlrun.data.sequences.DigitsRowsData": DigitsData,
+    "dlrun.data.sequences.AddingData": AddingData, "dlrun.data.sequences.CopyData": CopyData,
     "dlrun.models.mlp.MLP": MLP, "dlrun.models.cnn.CNN": CNN, "dlrun.models.lenet.LeNet": LeNet,
     "dlrun.models.alexnet.alexnet": AlexNet, "dlrun.models.vgg.vgg": VGG, "dlrun.models.resnet.resnet": ResNet,
     "dlrun.models.googlenet.googlenet": GoogLeNet, "dlrun.models.rnn.Recurrent": Recurrent,
@@ -569,7 +633,10 @@ EXAMPLES = {"data": "dlrun.data.digits.DigitsData", "model": "dlrun.models.mlp.M
 # Groups without a target: one schema each.
 GROUPS: dict[str, type | None] = {"data": None, "model": None, "init": Init, "reg": Reg, "loss": Loss,
                                   "optim": None, "sched": None, "trainer": Trainer, "logger": Logger,
-                                  "check": CheckOptions, "sweep": Sweep}
+                                  "check": CheckOptions, "sweep": Sweep, "augment": Augment, "eval": Eval}
+# Groups a config may lack: check and sweep (set by `dlrun check` and sweep=random), augment and eval
+# (a checkpoint's config from before they existed: both off).
+OPTIONAL = ("check", "sweep", "augment", "eval")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -578,7 +645,7 @@ def validate(cfg: DictConfig) -> None:
         if key not in GROUPS:
             raise UserError(f"{key}: unknown key at the top of the config; its groups: {', '.join(GROUPS)}")
     for group, schema in GROUPS.items():
-        if group in ("check", "sweep") and cfg.get(group) is None:  # by `dlrun check`, by sweep=random only
+        if group in OPTIONAL and cfg.get(group) is None:
             continue
         if cfg.get(group) is None:
             raise UserError(f"{group} is missing from the config; choose one with {group}=NAME "
