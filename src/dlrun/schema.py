@@ -242,8 +242,10 @@ class ImageFolder(Batched):
 class Generated(Batched):
     """Sequence tasks generated from their own seed (no files)."""
 
+    batch_size: int = setting(16, **BATCH)  # small batches: more steps for the same samples on a CPU
+    eval_batch_size: int = setting(1000, **BATCH)
     preprocess: str = setting("none", choices=PREPROCESS)
-    train_samples: int = setting(20000, ge=1)
+    train_samples: int = setting(5000, ge=1)
     val_samples: int = setting(1000, ge=1)
     test_samples: int = setting(2000, ge=1)
     seed: int = setting(0, **SEED)
