@@ -165,3 +165,18 @@ def test_grad_clip_by_value_clamps_each_gradient_element(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.optim.Adam, "step", step)
     train(tmp_path, "trainer.grad_clip=0.001", "trainer.grad_clip_mode=value", *QUICK, "trainer.max_steps=3")
     assert len(seen) == 3 and max(seen) == pytest.approx(0.001)  # clamped to 0.001 (in float32)
+
+
+def test_a_tie_in_validation_accuracy_goes_to_the_lower_validation_loss(tmp_path, monkeypatch):
+    scripted = iter([(0.9, 0.50), (1.0, 0.30), (1.0, 0.10), (1.0, 0.20), (0.95, 0.05)])  # (acc, loss) per epoch
+    real_evaluate = Trainer.evaluate
+
+    def evaluate(self, split, model=None, tta="none"):
+        if split is self.data.val:
+            acc, loss = next(scripted)
+            return {"loss": loss, "acc": acc}
+        return real_evaluate(self, split, model, tta)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    summary = train(tmp_path, "trainer.epochs=5", "model.hidden=[16]", "logger.hparams=false")
+    assert summary["best"]["epoch"] == 3 and summary["best"]["val"] == {"acc": 1.0, "loss": 0.10}

@@ -531,6 +531,10 @@ class Trainer:
         if not math.isfinite(value):
             return False
         better = self.best.value is None or (value > self.best.value if self.maximize else value < self.best.value)
+        if not better and self.monitor == "val/acc" and value == self.best.value:
+            # A small validation set saturates (acc 1.0 at several epochs): the lower loss breaks the tie,
+            # rather than the first epoch to get there.
+            better = val["loss"] < self.best.val.get("loss", math.inf)
         if better:
             state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             self.best = Best(epoch=self.epoch, value=value, val=dict(val), state=state)
