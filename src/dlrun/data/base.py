@@ -198,9 +198,9 @@ class Data:
     def describe(self) -> str:
         sizes = "/".join(str(len(self.splits[s])) for s in ("train", "val", "test"))
         outputs = f"{self.num_outputs} classes" if self.task == "classification" else f"{self.num_outputs} targets"
-        stored = "uint8" if self.scale is not None else "float32"
-        return (f"{self.name}: {sizes} train/val/test, {self.layout} {self.input_shape}, {outputs}, "
-                f"{stored}, preprocess {self.preprocess.method}")
+        stored = " uint8" if self.scale is not None else ""
+        return (f"{self.name}: {sizes} train/val/test, {self.layout} {self.input_shape}{stored}, {outputs}, "
+                f"preprocess {self.preprocess.method}")
 
 
 class StreamedSplit:

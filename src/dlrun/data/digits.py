@@ -28,16 +28,18 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 class DigitsData(Data):
+    NAME, LAYOUT, SHAPE = "digits", "image", (1, 8, 8)  # one grey channel, values 0..16
+
     def __init__(self, batch_size: int = 64, eval_batch_size: int = 1024, val_fraction: float = 0.1,
                  test_fraction: float = 0.2, split_seed: int = 0,
                  preprocess: str = "channel_standardize", on_device: str = "auto"):
         if not 0.0 < test_fraction < 1.0:
             raise UserError(f"data.test_fraction={test_fraction} must be in (0, 1)")
         x, y = load_digits_arrays()
-        x = x.reshape(-1, 1, 8, 8).astype("float32")  # one grey channel, values 0..16
+        x = x.reshape(-1, *self.SHAPE).astype("float32")
         # Test first, then validation from the rest, both seeded: the test set never moves.
         rest, test = holdout(x, y, test_fraction, split_seed)
         train, val = holdout(*rest, val_fraction, split_seed + 1)
-        super().__init__(train, val, test, layout="image", batch_size=batch_size,
+        super().__init__(train, val, test, layout=self.LAYOUT, batch_size=batch_size,
                          eval_batch_size=eval_batch_size, preprocess=preprocess, on_device=on_device,
-                         name="digits")
+                         name=self.NAME)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlrun.data.base import Data, holdout
-from dlrun.data.digits import load_digits_arrays
+from dlrun.data.base import Data
+from dlrun.data.digits import DigitsData
 from dlrun.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -78,25 +78,14 @@ def _sizes(train_samples: int, val_samples: int, test_samples: int, seed: int) -
 
 
 # ---------------------------------------------------------------------------------- datasets
-class DigitsRowsData(Data):
+class DigitsRowsData(DigitsData):
     """The embedded digits as sequences: each 8x8 image is 8 steps (rows) of 8 pixels.
 
     Same seeded test/validation holdout as data=digits (test first, then val from the rest), so
     the two configs train, validate and test on the same images.
     """
 
-    def __init__(self, batch_size: int = 64, eval_batch_size: int = 1024, val_fraction: float = 0.1,
-                 test_fraction: float = 0.2, split_seed: int = 0,
-                 preprocess: str = "channel_standardize", on_device: str = "auto"):
-        if not 0.0 < test_fraction < 1.0:
-            raise UserError(f"data.test_fraction={test_fraction} must be in (0, 1)")
-        x, y = load_digits_arrays()
-        x = x.reshape(-1, 8, 8).astype("float32")  # (N, T=8 rows, F=8 pixels), values 0..16
-        rest, test = holdout(x, y, test_fraction, split_seed)
-        train, val = holdout(*rest, val_fraction, split_seed + 1)
-        super().__init__(train, val, test, layout="sequence", batch_size=batch_size,
-                         eval_batch_size=eval_batch_size, preprocess=preprocess, on_device=on_device,
-                         name="digits_rows")
+    NAME, LAYOUT, SHAPE = "digits_rows", "sequence", (8, 8)  # (N, T=8 rows, F=8 pixels), values 0..16
 
 
 class AddingData(Data):
