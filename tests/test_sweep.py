@@ -159,7 +159,7 @@ def test_ensemble_averages_the_members_softmax(sweep12):
         parts, _, _ = rebuild(str(run_dir))
         parts.model.eval()
         with torch.no_grad():
-            probs.append(torch.softmax(parts.model(parts.data.splits["test"].x), dim=1))
+            probs.append(torch.softmax(parts.model(parts.data.batch("test", slice(None))[0]), dim=1))
         summary = json.loads((run_dir / "summary.json").read_text())
         member = next(m for m in result["members"] if m["dir"] == str(run_dir))
         assert member["acc"] == pytest.approx(summary["test"]["acc"], abs=1e-9)  # the run's own test accuracy
