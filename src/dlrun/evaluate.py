@@ -185,7 +185,7 @@ def main(args: list[str]) -> None:
     from rich.table import Table
 
     console = get_console()
-    console.print(f"data {result['data']}", highlight=False)
+    console.print(f"data {result['data']}", highlight=False, soft_wrap=True)
     epoch = f", epoch {result['epoch']}" if result["epoch"] is not None else ""
     # A line, not the table's title: rich would wrap a long path to the narrow table's width.
     tta = ", test-time augmentation: flip" if result["tta"] == "flip" else ""

@@ -76,7 +76,7 @@ def main(args: list[str]) -> None:
     model = build_model(cfg, data)
     x, _ = data.batch("train", slice(0, BATCH))  # preprocessed, as the model reads it
     console = get_console()
-    console.print(f"data {data.describe()}", highlight=False)
+    console.print(f"data {data.describe()}", highlight=False, soft_wrap=True)
     console.print(layer_table(model, x, depth, f"dlrun summary: {type(model).__name__}, input {list(x.shape)}"))
 
 

@@ -71,7 +71,7 @@ class ImageFolderData(Data):
         decode = str(on_device).lower() == "true" or (str(on_device).lower() == "auto" and total <= HOST_BUDGET)
         if decode:  # once, in parallel: from here on it is an in-memory dataset like any other
             log.info(f"image_folder: decoding {sum(len(s) for s in splits.values()):,} images "
-                     f"({total / 2**20:.0f} MiB as uint8) into memory")
+                     f"({total / 2**20:.1f} MiB as uint8) into memory")
             splits = {split: s.decode() for split, s in splits.items()}
         super().__init__(splits["train"], splits["val"], splits["test"], layout="image", batch_size=batch_size,
                          eval_batch_size=eval_batch_size, preprocess=preprocess,
