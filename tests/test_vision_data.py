@@ -213,3 +213,20 @@ def test_data_cifar10_trains_end_to_end_from_dlrun_data_with_augmentation_and_tt
     assert 0.0 <= summary["test"]["acc"] <= 1.0
     # the training statistics were cached beside the data
     assert len(list((tmp_path / "data" / "cifar-10-batches-py").glob(".dlrun-stats-channel_standardize-*.pt"))) == 1
+
+
+def test_svhn_download_fetches_the_test_file_too(tmp_path, monkeypatch):
+    import torchvision
+
+    arrays = svhn_files(tmp_path / "written", n_train=10, n_test=5)
+    fetched = []
+
+    def download(self):  # "downloads" by copying the file written above
+        fetched.append(self.split)
+        (Path(self.root)).mkdir(parents=True, exist_ok=True)
+        (Path(self.root) / self.filename).write_bytes((tmp_path / "written" / "svhn" / self.filename).read_bytes())
+
+    monkeypatch.setattr(torchvision.datasets.SVHN, "download", download)
+    data = SVHN(root=str(tmp_path / "fresh"), download=True)
+    assert fetched == ["train", "test"]
+    assert torch.equal(data.test.y, torch.as_tensor(arrays["test_y"]))

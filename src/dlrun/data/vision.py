@@ -67,7 +67,7 @@ class TorchvisionData(Data):
                  preprocess: str = "channel_standardize", on_device: str = "auto"):
         root = Path(str(root)).expanduser()
         train_x, train_y, classes = self.read(root, True, download)
-        test_x, test_y, _ = self.read(root, False, False)
+        test_x, test_y, _ = self.read(root, False, download)  # SVHN downloads each split's file apart
         train, val = holdout(train_x, train_y, val_fraction, split_seed)
         super().__init__(train, val, (test_x, test_y), layout="image", batch_size=batch_size,
                          eval_batch_size=eval_batch_size, preprocess=preprocess, on_device=on_device,
