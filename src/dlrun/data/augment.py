@@ -12,6 +12,9 @@ per call, keeps the GPU fed without worker processes. Per batch, in the trainer'
 4. `Augment.mix`: mixup (Zhang et al. 2018) or cutmix (Yun et al. 2019) -- last, on the finished
    inputs; the trainer's loss is lam * loss(y) + (1 - lam) * loss(y2).
 
+Why not torchvision.transforms.v2 on the batch: its transforms draw one set of parameters per call,
+so a whole batch would get the same crop, flip and jitter; these draw them per sample.
+
 Per-sample randomness comes from a torch.Generator on the device (no host round trip); the few
 per-batch draws (mixup's lam, cutmix's box) come from a numpy Generator on the host, so nothing in
 the per-batch path waits for the device (no .item(), no branching on tensor values). Both states are

@@ -88,7 +88,12 @@ def statistics(method: str, x: torch.Tensor, layout: str, scale: float | None) -
         return {"mean": mean, "std": torch.where(std < 1e-8, torch.ones_like(std), std)}  # constant channels stay
     # pca_whiten: covariance of the flat, centred training data; eigh gives it exactly (symmetric).
     mean = _mean(x, (0,), unit).flatten(1)
-    cov = _sum(x, None, unit, lambda c: (c.flatten(1) - mean).T @ (c.flatten(1) - mean)) / len(x)
+
+    def scatter(chunk: torch.Tensor) -> torch.Tensor:
+        centred = chunk.flatten(1) - mean
+        return centred.T @ centred
+
+    cov = _sum(x, None, unit, scatter) / len(x)
     eigenvalues, eigenvectors = torch.linalg.eigh(cov)
     order = eigenvalues.argsort(descending=True)  # first coordinate: the direction of most variance
     eigenvalues, eigenvectors = eigenvalues[order].clamp_min(0), eigenvectors[:, order]
