@@ -188,8 +188,8 @@ def build_trainer(parts: Parts, log_dir: Path | None, checkpoint_dir: Path | Non
     cfg, data, model = parts.cfg, parts.data, parts.model
     options = dict(parts.settings, reg=parts.reg, loss=parts.loss, checkpoint_dir=checkpoint_dir)
     options.update(changes)
-    options["augment"] = build_augment(options["augment"], data, parts.device, options["seed"]) \
-        if isinstance(options.get("augment"), dict) else options.get("augment")
+    if isinstance(options.get("augment"), dict):  # cfg's settings -> the Augment (None when all off)
+        options["augment"] = build_augment(options["augment"], data, parts.device, options["seed"])
     optimizer = build_optimizer(cfg.optim, parameter_groups(model, options["reg"], str(cfg.optim._target_)))
     if isinstance(optimizer, torch.optim.LBFGS) and data.batch_size < len(data.train):
         log.warning(f"optim=lbfgs on minibatches ({data.batch_size} of {len(data.train)} samples): L-BFGS "
