@@ -83,7 +83,7 @@ def test_the_schemas_choices_match_what_the_builders_accept():
     (["trainer.resume=/no/such/run"], "trainer.resume='/no/such/run': no such file or directory"),
     (["+optim.momentun=0.9"], "optim.momentun: unknown key for torch.optim.Adam; its keys: _target_, _partial_, lr,"),
     (["+model.hiden=[64]"], "model.hiden: unknown key for dlrun.models.mlp.MLP"),
-    (["+trainer.epoch=3"], "trainer.epoch: unknown key for trainer; its keys: device, precision, epochs,"),
+    (["+trainer.epoch=3"], "trainer.epoch: unknown key for trainer; its keys: device, devices, sync_bn, precision,"),
     (["+lr=0.1"], "lr: unknown key at the top of the config; its groups: data, model,"),
     (["optim=adam", "optim.betas=[0.9]"], "optim.betas=[0.9] must be a list of 2 numbers in [0, 1)"),
     (["trainer.precision=64"], "trainer.precision=64 must be one of auto, 32, fp32, 16, fp16, bf16"),

@@ -81,7 +81,8 @@ def fail(command: str, exc: BaseException) -> NoReturn:
     """A user's mistake: one line on stderr and exit 2, or the traceback if they asked for it."""
     if _full_error:
         raise exc
-    print(f"dlrun {command}: error: {one_line(exc)}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank finds the same mistake: rank 0 says it
+        print(f"dlrun {command}: error: {one_line(exc)}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -196,12 +197,7 @@ def _run(command: str, rest: list[str]) -> None:
         if command not in ("eval", "ensemble"):  # eval's overrides apply to a checkpoint's saved config
             check_group_choices(rest)
         if command == "train":
-            from dlrun.rundir import refuse_reuse_before_hydra
-
-            refuse_reuse_before_hydra(rest)
-            from dlrun.train.app import train_app
-
-            train_app()
+            train(rest)
         elif command == "summary":
             from dlrun.summary import main as summary_main
 
@@ -220,3 +216,54 @@ def _run(command: str, rest: list[str]) -> None:
             ensemble_main(rest)
     except (UserError, HydraException, OmegaConfBaseException) as exc:
         fail(command, exc)
+
+
+def devices_asked(args: list[str]) -> int:
+    """trainer.devices=N on the command line (the last one wins); 1 when absent."""
+    values = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("trainer.devices=")]
+    if not values:
+        return 1
+    try:
+        devices = int(values[-1])
+    except ValueError:
+        devices = 0
+    if devices < 1:
+        from dlrun.errors import UserError
+
+        raise UserError(f"trainer.devices={values[-1]} must be a whole number >= 1 (the processes to train on)")
+    return devices
+
+
+def train(rest: list[str]) -> None:
+    """`dlrun train`: one process, a rank of torchrun's (WORLD_SIZE set), or the launcher of N ranks."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from dlrun.train import distributed
+
+        world = distributed.from_env()
+        distributed.init_process_group(world)
+        try:
+            sys.argv = [sys.argv[0], *distributed.rank_overrides(rest, world)]
+            from dlrun.train.app import train_app
+
+            train_app()
+        finally:  # a process that exits with its group still up aborts ("terminate called ...")
+            distributed.destroy_process_group()
+        return
+    devices = devices_asked(rest)
+    if devices > 1:
+        if "-m" in rest or "--multirun" in rest:
+            from dlrun.errors import UserError
+
+            raise UserError(f"trainer.devices={devices} runs one training on {devices} processes; a sweep (-m) "
+                            "runs its trials with trainer.devices=1")
+        from dlrun.train.distributed import launch
+
+        if not _full_error:  # the ranks decide for themselves, as the user asked
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        sys.exit(launch(devices, rest))
+    from dlrun.rundir import refuse_reuse_before_hydra
+
+    refuse_reuse_before_hydra(rest)
+    from dlrun.train.app import train_app
+
+    train_app()

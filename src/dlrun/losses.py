@@ -6,6 +6,7 @@ losses of regression ones; the Trainer divides by `count(target)` to report mean
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -40,6 +41,13 @@ class Loss:
     def count(self, y: torch.Tensor) -> int:
         """What a "sum" is divided by for a mean: examples for classification, targets otherwise."""
         return len(y) if self.classification else y.numel()
+
+    def shard_mean(self, out: torch.Tensor, y: torch.Tensor, samples: int, ranks: int) -> torch.Tensor:
+        """Data-parallel training: this shard's loss sum over 1/ranks of what the whole batch of
+        `samples` examples counts. The ranks' values average to the whole batch's mean loss, and
+        so DDP's average of their gradients is its gradient, whatever the shards' sizes."""
+        per_sample = 1 if self.classification else math.prod(y.shape[1:])
+        return self(out, y, reduction="sum") * (ranks / (samples * per_sample))
 
 
 def build_loss(name: str, task: str, label_smoothing: float = 0.0, huber_delta: float = 1.0) -> Loss:

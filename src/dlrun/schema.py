@@ -554,6 +554,8 @@ class ReduceLROnPlateau(Schedule):
 @dataclass
 class Trainer:
     device: str = "auto"
+    devices: int = setting(1, ge=1)
+    sync_bn: bool = False
     precision: Any = setting("auto", choices=("auto", "32", "fp32", "16", "fp16", "bf16"))
     epochs: int = setting(30, ge=1)
     max_steps: Optional[int] = setting(None, ge=1)

@@ -55,14 +55,20 @@ class Split:
         return (self.x[index].to(self.device, non_blocking=True),
                 self.y[index].to(self.device, non_blocking=True))
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None,
-                start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches in `order` (a permutation) or in storage order, from batch number `start` on."""
+    def batches(self, batch_size: int, order: torch.Tensor | None = None, start: int = 0,
+                shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches in `order` (a permutation) or in storage order, from batch number `start` on.
+
+        shard=(rank, ranks): rank's contiguous part of each batch (data-parallel training).
+        """
+        rank, ranks = shard
+        if order is None and ranks > 1:
+            order = torch.arange(len(self))
         if order is not None:
             order = order.to(self.x.device, non_blocking=True)
         for begin in range(start * batch_size, len(self), batch_size):
             index = slice(begin, begin + batch_size) if order is None else order[begin:begin + batch_size]
-            yield self.take(index)
+            yield self.take(index.tensor_split(ranks)[rank] if ranks > 1 else index)
 
 
 class Data:
@@ -245,10 +251,12 @@ class StreamedSplit:
         x = torch.stack([self.dataset[i][0] for i in rows])
         return x.to(self.device), self.y[torch.as_tensor(list(rows), device=self.y.device)]
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None,
-                start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, batch_size: int, order: torch.Tensor | None = None, start: int = 0,
+                shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rank, ranks = shard  # as Split.batches: rank's part of each batch (not a DistributedSampler,
+        # whose padded strided shards would make N ranks train on other batches than one process)
         order = torch.arange(len(self)) if order is None else order.cpu()
-        self.sampler.chunks = [c.tolist() for c in order[start * batch_size:].split(batch_size)]
+        self.sampler.chunks = [c.tensor_split(ranks)[rank].tolist() for c in order[start * batch_size:].split(batch_size)]
         if self.loader is None:  # one loader, so persistent workers survive from epoch to epoch
             self.loader = torch.utils.data.DataLoader(
                 self.dataset, batch_sampler=self.sampler, num_workers=self.workers,

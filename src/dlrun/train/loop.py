@@ -32,6 +32,7 @@ from dlrun.optim import after_optimizer_step, after_validation, check_closure_op
 from dlrun.losses import Loss, build_loss
 from dlrun.regularization import Regularization, apply_maxnorm, penalized_weights, penalty
 from dlrun.train import checkpoint
+from dlrun.train.distributed import World
 from dlrun.train.interrupt import StopRequest, catch_signals
 
 log = logging.getLogger("dlrun")
@@ -95,8 +96,18 @@ class Trainer:
                  stop_at_epoch: int | None = None, config: dict[str, Any] | None = None, loss: Loss | None = None,
                  ema_decay: float | None = None, grad_clip_mode: str = "norm",
                  diagnostics: DiagnosticsSettings | None = None, checkpoint_every_steps: int | None = None,
-                 augment: Augment | None = None, tta: str = "none"):
+                 augment: Augment | None = None, tta: str = "none", world: World = World()):
         self.model, self.data, self.optimizer, self.scheduler = model, data, optimizer, scheduler
+        # Under torchrun: DDP averages the ranks' gradients in backward. Training's forward goes
+        # through the wrapper; evaluation, checkpoints and the diagnostics use the model itself.
+        self.world = world
+        self.train_model = model
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.global_samples: int | None = None  # train_epoch's next batch's size over all ranks
+        self.batch_samples = 0  # the global batch's size in the step being taken (all ranks together)
         self.sched_interval = sched_interval
         self.device, self.precision = device, precision
         self.max_steps, self.stop_at_epoch = max_steps, stop_at_epoch
@@ -178,17 +189,18 @@ class Trainer:
     def fit(self) -> str:
         """Train until the last epoch (or max_steps); returns "finished", "early_stopped", "stopped",
         or "interrupted" (a signal: self.stop_request says which; checkpoints/last.pt holds the state)."""
-        self.progress = StepProgress(self.total_steps, done=self.step)
+        self.progress = StepProgress(self.total_steps, done=self.step) if self.world.main else None
         try:
             with catch_signals(self.stop_request):
                 return self._fit()
         finally:
-            self.progress.close()
+            if self.progress is not None:
+                self.progress.close()
             self.checkpoints.close()  # every checkpoint asked for is on disk (or its failure raised)
 
     def _fit(self) -> str:
         while self.epoch < self.epochs and not self._out_of_steps():
-            if self.stop_request:  # between epochs: last.pt of the epoch before is on its way
+            if self._stopping(boundary=True):  # between epochs: last.pt of the epoch before is on its way
                 return "interrupted"
             self.epoch += 1
             train_metrics = self.train_epoch()
@@ -247,13 +259,16 @@ class Trainer:
             self.position = 0
         every = self.checkpoint_every_steps if self.checkpoint_dir is not None else None
         try:
-            for x, y in train.batches(batch_size, order, start=self.position):
+            shard = (self.world.rank, self.world.size)
+            for x, y in train.batches(batch_size, order, start=self.position, shard=shard):
                 if self._out_of_steps():
                     break
-                if self.stop_request:  # the step in flight has finished: save the position and stop
+                if self._stopping():  # the step in flight has finished: save the position and stop
                     self.train_seconds += time.perf_counter() - started
                     self._save_mid_epoch()
                     return None
+                # the global batch's size (under DDP x is this rank's shard of it)
+                self.global_samples = min(batch_size, len(train) - self.position * batch_size)
                 x, y, mix = self.training_batch(x, y)
                 self.train_step(x, y, mix)
                 self.position += 1
@@ -287,8 +302,30 @@ class Trainer:
         x, y, y2, lam = self.augment.mix(x, y)
         return x, y, (y2, lam) if y2 is not None else None
 
+    def _stopping(self, boundary: bool = False) -> bool:
+        """Whether a signal stops the run before the next step.
+
+        Under DDP every rank must stop at the same step (a rank that stopped alone would leave the
+        others waiting in backward's all-reduce), so the ranks agree (one tiny gloo all-reduce,
+        no GPU sync) at each epoch's start and every logger.every steps: a signal stops the run
+        within that many steps, well inside torchrun's 30 s and SLURM's warning.
+        """
+        if not self.world.distributed:
+            return bool(self.stop_request)
+        if not boundary and self.step % self.log_every:
+            return False
+        if not self.world.any(bool(self.stop_request)):
+            return False
+        if not self.stop_request:  # another rank got it: say which signal
+            self.stop_request.signal = next(s for s in self.world.gather(self.stop_request.signal) if s)
+        else:
+            self.world.gather(self.stop_request.signal)
+        return True
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor, mix: Mix | None = None) -> None:
         """One optimizer step on a model-ready batch; `mix` (y2, lam): the loss is lam L(y) + (1 - lam) L(y2)."""
+        # the global batch's size: train_epoch's (under DDP x is this rank's shard of it), else x's
+        self.batch_samples, self.global_samples = self.global_samples or len(y), None
         measure_ratio = self.ratio_every > 0 and self.step % self.ratio_every == 0
         log_now = (self.step + 1) % self.log_every == 0
         diagnose = self.diagnostics_every > 0 and self.step % self.diagnostics_every == 0
@@ -314,7 +351,7 @@ class Trainer:
             self.window_pred.append(out.detach() if self.keep_logits else out.argmax(1))
             # A mixed batch counts as correct the class that makes up most of each input.
             self.window_target.append(y if mix is None or mix[1] >= 0.5 else mix[0])
-        self.window_samples += len(y)
+        self.window_samples += self.batch_samples
         if log_now:
             self._flush(grad_norm)
 
@@ -333,15 +370,22 @@ class Trainer:
     def _forward(self, x: torch.Tensor, y: torch.Tensor,
                  mix: Mix | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         with self.autocast():
-            out = self.model(x)
-            data_loss = self.loss_fn(out.float(), y)
+            out = self.train_model(x)
+            data_loss = self._data_loss(out.float(), y)
             if mix is not None:  # mixup/cutmix: cross-entropy is linear in the target distribution
                 y2, lam = mix
-                data_loss = lam * data_loss + (1 - lam) * self.loss_fn(out.float(), y2)
+                data_loss = lam * data_loss + (1 - lam) * self._data_loss(out.float(), y2)
         if not self.weights:
             return out, data_loss, None
         reg_loss = penalty(self.weights, self.reg.l2, self.reg.l1)
         return out, data_loss + reg_loss, reg_loss
+
+    def _data_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The batch's mean loss; under DDP this shard's sum over 1/ranks of the global batch's count,
+        so that DDP's mean of the ranks' gradients is the global batch's (shards may differ in size)."""
+        if not self.world.distributed:
+            return self.loss_fn(out, y)
+        return self.loss_fn.shard_mean(out, y, self.batch_samples, self.world.size)
 
     def _gradient_step(self, x: torch.Tensor, y: torch.Tensor, measure_ratio: bool, log_now: bool,
                        diagnose: bool = False,
@@ -449,11 +493,17 @@ class Trainer:
             totals.append((predicted == torch.cat(self.window_target)).sum())
         if grad_norm is not None:
             totals.append(grad_norm)
-        values = torch.stack([t.float() for t in totals]).tolist()
+        values = torch.stack([t.float() for t in totals])
+        if self.world.distributed:  # every rank's window, summed; the grad norm is the same on every rank
+            summed = self.world.sum(values[:3 if self.classification else 2].clone())
+            summed[:2] /= self.world.size  # the ranks' scaled losses add up to ranks x the global mean
+            values = torch.cat([summed, values[len(summed):]])
+        values = values.tolist()
         loss_sum, reg_sum = values[0], values[1]
         if not math.isfinite(loss_sum):  # checked where the value is read anyway: costs nothing
             losses = torch.stack(self.window_loss).float().tolist()  # the failure path only
-            first = next(i for i, v in enumerate(losses) if not math.isfinite(v))
+            # (under DDP the non-finite loss may be another rank's: then this window's last step)
+            first = next((i for i, v in enumerate(losses) if not math.isfinite(v)), len(losses) - 1)
             step = self.step - steps + first + 1  # as train/loss counts steps: the first is 1
             raise UserError(self._diverged(f"the loss was {losses[first]} at step {step} (epoch {self.epoch})"))
         correct = values[2] if self.classification else 0.0
@@ -508,7 +558,9 @@ class Trainer:
         model.eval()
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
-        for x, y in split.batches(self.data.eval_batch_size):
+        for x, y in split.batches(self.data.eval_batch_size, shard=(self.world.rank, self.world.size)):
+            if not len(y):  # a rank's empty part of a last batch smaller than the ranks
+                continue
             x = self.data.prepare(x)
             with self.autocast():
                 out = model(x).float()
@@ -519,7 +571,7 @@ class Trainer:
             if self.classification:
                 correct += (out.argmax(1) == y).sum()
         model.train(was_training)
-        loss_sum, correct_sum = torch.stack([total_loss, correct]).tolist()
+        loss_sum, correct_sum = self.world.sum(torch.stack([total_loss, correct])).tolist()
         # A mean per example (classification) or per target value (regression), as the losses' defaults.
         metrics = {"loss": loss_sum / self.loss_fn.count(split.y)}
         if self.classification:
@@ -557,14 +609,15 @@ class Trainer:
                  f"val loss {val['loss']:.4f}{acc(val)}{ema}  lr {self.optimizer.param_groups[0]['lr']:.3g}"
                  + ("  *" if improved else ""))
         if self.checkpoint_dir is not None:
-            self.checkpoints.wait()  # last epoch's writes: at most one epoch of checkpoints in flight
-            # best.pt before last.pt: a run killed between the two resumes from the older last.pt
-            # and redoes this epoch, which improves again and rewrites the same best.pt.
-            if improved:  # best.state is already a private CPU copy: no second snapshot
-                self.checkpoints.save(self._best_payload(), self.checkpoint_dir / "best.pt", copy=False)
-            self.checkpoints.save(self.state_dict(), self.checkpoint_dir / "last.pt",
-                                  previous=self.checkpoint_dir / "previous.pt")
-            self.writer.flush()
+            state = self.state_dict()  # on every rank: it gathers the ranks' random states
+            if self.world.main:
+                self.checkpoints.wait()  # last epoch's writes: at most one epoch of checkpoints in flight
+                # best.pt before last.pt: a run killed between the two resumes from the older last.pt
+                # and redoes this epoch, which improves again and rewrites the same best.pt.
+                if improved:  # best.state is already a private CPU copy: no second snapshot
+                    self.checkpoints.save(self._best_payload(), self.checkpoint_dir / "best.pt", copy=False)
+                self.checkpoints.save(state, self.checkpoint_dir / "last.pt", previous=self.checkpoint_dir / "previous.pt")
+                self.writer.flush()
             self.checkpoint_written = f"epoch {self.epoch}"
 
     # ------------------------------------------------------------------------- checkpoints
@@ -581,10 +634,11 @@ class Trainer:
         finite = torch.stack([p.detach().isfinite().all() for p in self.params]).all() if self.params else True
         if not bool(finite):
             return  # the next step's loss is not finite: the NaN guard stops the run there
-        self.checkpoints.wait()  # at most one last.pt in flight
-        self.checkpoints.save(self.state_dict(), self.checkpoint_dir / "last.pt",
-                              previous=self.checkpoint_dir / "previous.pt")
-        self.writer.flush()
+        state = self.state_dict()  # on every rank: it gathers the ranks' random states
+        if self.world.main:
+            self.checkpoints.wait()  # at most one last.pt in flight
+            self.checkpoints.save(state, self.checkpoint_dir / "last.pt", previous=self.checkpoint_dir / "previous.pt")
+            self.writer.flush()
         self.checkpoint_written = f"epoch {self.epoch}, step {self.step}"
 
     def state_dict(self) -> dict[str, Any]:
@@ -594,6 +648,8 @@ class Trainer:
         where in the current one the run is: the shuffle state its permutation was drawn from,
         the steps done, and the epoch's train-metric sums so far.
         """
+        rng = self._rng_state()
+        ranks = self.world.gather(rng) if self.world.distributed else None
         partial = None
         if self.position is not None:
             partial = {"step": self.position, "shuffle": self.epoch_shuffle_state, "sums": list(self.epoch_sums),
@@ -609,16 +665,18 @@ class Trainer:
             "best": {"epoch": self.best.epoch, "value": self.best.value, "val": self.best.val},
             "early_stopping": {"best": self.early_best, "waited": self.early_waited},
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-                "shuffle": self.shuffle.get_state(),
-                "augment": self.augment.state_dict() if self.augment is not None else None,
-            },
+            # rank 0's generators, and under DDP every rank's ("ranks": dropout and augmentation
+            # draw per rank; the shuffle is one permutation for all)
+            "rng": {**rng, "shuffle": self.shuffle.get_state(), **({"ranks": ranks} if ranks else {})},
             "train_samples": self.train_samples,
             "train_seconds": self.train_seconds,
             "config": self.config,
         }
+
+    def _rng_state(self) -> dict[str, Any]:
+        return {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+                "augment": self.augment.state_dict() if self.augment is not None else None}
 
     def _best_payload(self) -> dict[str, Any]:
         return {"model": self.best.state, "epoch": self.best.epoch, "monitor": self.monitor,
@@ -644,14 +702,21 @@ class Trainer:
         best_file = path.parent / "best.pt"
         if best["value"] is not None and best_file.is_file():
             self.best.state = checkpoint.load(best_file)["model"]
-            if self.checkpoint_dir is not None:  # the new run directory gets its own copy
+            if self.checkpoint_dir is not None and self.world.main:  # the new run directory gets its own copy
                 checkpoint.save_atomic(self._best_payload(), self.checkpoint_dir / "best.pt")
-        torch.set_rng_state(state["rng"]["torch"])
-        if self.device.type == "cuda" and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.shuffle.set_state(state["rng"]["shuffle"])
-        if self.augment is not None and state["rng"].get("augment") is not None:
-            self.augment.load_state_dict(state["rng"]["augment"])
+        rng = state["rng"]
+        ranks = rng.get("ranks") or [rng]
+        if len(ranks) != self.world.size and self.world.distributed:
+            log.warning(f"{path} was written by {len(ranks)} process(es), this run has {self.world.size}: the data "
+                        "order continues exactly; dropout and augmentation draw anew on the ranks it lacks")
+        mine = ranks[self.world.rank] if self.world.rank < len(ranks) else None
+        if mine is not None:
+            torch.set_rng_state(mine["torch"])
+            if self.device.type == "cuda" and mine["cuda"]:
+                torch.cuda.set_rng_state_all(mine["cuda"])
+            if self.augment is not None and mine.get("augment") is not None:
+                self.augment.load_state_dict(mine["augment"])
+        self.shuffle.set_state(rng["shuffle"])
         self.resume_position = state.get("partial")  # a mid-epoch checkpoint: train_epoch continues that epoch
         self.train_samples = int(state.get("train_samples", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))

@@ -25,7 +25,8 @@ from dlrun.regularization import Regularization, parameter_groups, regularizatio
 from dlrun.monitor.tensorboard import RunWriter, flatten
 from dlrun.optim import (build_optimizer, build_scheduler, check_closure_optimizer, check_optimizer, check_schedule,
                          uses_closure)
-from dlrun.train import checkpoint
+from dlrun.train import checkpoint, distributed
+from dlrun.train.distributed import World
 from dlrun.train.interrupt import catch_signals
 from dlrun.train.loop import Trainer, plan, resolve_monitor
 
@@ -34,17 +35,48 @@ log = logging.getLogger("dlrun")
 GROUPS = ("data", "model", "init", "reg", "optim", "sched", "trainer", "logger")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, world: World = World()) -> torch.device:
+    """trainer.device as a torch.device; under DDP each rank's own GPU, cuda:LOCAL_RANK."""
     name = str(name)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"trainer.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"trainer.device={name} but no CUDA device is visible; use trainer.device=cpu (or auto)")
+    if device.type == "cuda" and world.distributed:
+        if device.index is not None:
+            raise UserError(f"trainer.device={name}: under DDP each process trains on its own GPU, "
+                            "cuda:LOCAL_RANK; use trainer.device=cuda (or auto)")
+        if world.local_size > torch.cuda.device_count():
+            raise UserError(f"{world.local_size} processes on this machine but {torch.cuda.device_count()} CUDA "
+                            f"device(s) visible: start at most {torch.cuda.device_count()} (trainer.devices or "
+                            "torchrun --nproc_per_node)")
+        device = torch.device("cuda", world.local_rank)
     return device
+
+
+def check_world(cfg: DictConfig, world: World) -> None:
+    """trainer.devices against the processes there are, and the global batch against the ranks."""
+    devices = number(cfg, "trainer.devices", int, 1) if OmegaConf.select(cfg, "trainer.devices") is not None else 1
+    if not world.distributed and devices > 1:
+        raise UserError(f"trainer.devices={devices} starts {devices} processes from the command line "
+                        f"(dlrun train trainer.devices={devices} ...), not inside a sweep or a Python call; "
+                        "here use trainer.devices=1")
+    if world.distributed and devices not in (1, world.size):
+        raise UserError(f"trainer.devices={devices} but torchrun started {world.size} processes; "
+                        "drop trainer.devices (torchrun's --nproc_per_node and --nnodes decide)")
+    batch = OmegaConf.select(cfg, "data.batch_size")
+    if world.distributed and isinstance(batch, int) and batch % world.size:
+        fits = max(world.size, batch // world.size * world.size)
+        raise UserError(f"data.batch_size={batch} is the global batch, split over {world.size} processes, and "
+                        f"{world.size} does not divide it; use a multiple of {world.size}, e.g. data.batch_size={fits}")
+    cpu = str(OmegaConf.select(cfg, "trainer.device")) == "cpu" or not torch.cuda.is_available()
+    if OmegaConf.select(cfg, "trainer.sync_bn") and world.distributed and cpu:
+        raise UserError("trainer.sync_bn=true needs GPUs (torch's SyncBatchNorm runs on CUDA devices only); "
+                        "on the CPU use trainer.sync_bn=false")
 
 
 def resolve_precision(precision: Any, device: torch.device) -> str:
@@ -96,10 +128,12 @@ class Parts:
     reg: Regularization
     model: nn.Module
     settings: dict[str, Any]  # the Trainer's other keyword arguments, as cfg sets them
+    world: World = World()    # this process among torchrun's ranks (alone: rank 0 of 1)
 
 
-def build_parts(cfg: DictConfig) -> Parts:
-    """Check the run's settings, seed, and build the data (on the device), the loss and the model.
+def build_parts(cfg: DictConfig, world: World = World()) -> Parts:
+    """Check the run's settings, seed, and build the data (on the device), the loss and the model;
+    `world`: this process among DDP's ranks (`dlrun train` under torchrun; everything else runs alone).
 
     Every bad value fails here with one line, before any data is read where that can be checked.
     """
@@ -109,7 +143,7 @@ def build_parts(cfg: DictConfig) -> Parts:
     check_optimizer(cfg.optim)  # bad optim= and sched= values, too, before any data is read
     check_schedule(cfg.sched)
     seed, grad_clip = settings["seed"], settings["grad_clip"]
-    device = resolve_device(t.device)
+    device = resolve_device(t.device, world)
     precision = resolve_precision(t.precision, device)
     if uses_closure(cfg.optim):  # L-BFGS
         if str(t.precision) == "auto":  # its line search compares losses that bf16 rounds to 3 digits
@@ -120,6 +154,8 @@ def build_parts(cfg: DictConfig) -> Parts:
         torch.backends.cudnn.benchmark = True
     if t.threads:
         torch.set_num_threads(int(t.threads))
+    elif world.distributed and device.type == "cpu":  # the ranks on a machine share its cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
     torch.manual_seed(seed)
 
     data = build(cfg.data).to(device)
@@ -129,8 +165,12 @@ def build_parts(cfg: DictConfig) -> Parts:
     for split in ("train", "val", "test"):
         check_targets(loss, data.splits[split].y, split)
     model = build_model(cfg, data)
+    if world.distributed and OmegaConf.select(cfg, "trainer.sync_bn"):  # statistics over the global batch
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
-    return Parts(cfg, device, precision, data, loss, settings.pop("reg"), model, settings)
+    if world.distributed:  # the same init on every rank (DDP broadcasts rank 0's anyway); then each
+        torch.manual_seed(seed + world.rank)  # rank draws its own dropout masks
+    return Parts(cfg, device, precision, data, loss, settings.pop("reg"), model, settings, world)
 
 
 def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -189,7 +229,8 @@ def build_trainer(parts: Parts, log_dir: Path | None, checkpoint_dir: Path | Non
     options = dict(parts.settings, reg=parts.reg, loss=parts.loss, checkpoint_dir=checkpoint_dir)
     options.update(changes)
     if isinstance(options.get("augment"), dict):  # cfg's settings -> the Augment (None when all off)
-        options["augment"] = build_augment(options["augment"], data, parts.device, options["seed"])
+        # each rank its own draws (its own crops and flips of its own shard)
+        options["augment"] = build_augment(options["augment"], data, parts.device, options["seed"] + parts.world.rank)
     optimizer = build_optimizer(cfg.optim, parameter_groups(model, options["reg"], str(cfg.optim._target_)))
     if isinstance(optimizer, torch.optim.LBFGS) and data.batch_size < len(data.train):
         log.warning(f"optim=lbfgs on minibatches ({data.batch_size} of {len(data.train)} samples): L-BFGS "
@@ -198,9 +239,12 @@ def build_trainer(parts: Parts, log_dir: Path | None, checkpoint_dir: Path | Non
     _, maximize = resolve_monitor(options["monitor"], data.task == "classification")  # plateau's mode
     scheduler, interval = build_scheduler(cfg.sched, optimizer, epochs, total_steps, maximize=maximize)
     # Last: a setting the optimizer or schedule refuses leaves no tb/ folder behind.
-    writer = RunWriter(log_dir or Path("."), enabled=log_dir is not None)
+    # Under DDP rank 0 alone writes TensorBoard events (and so computes the diagnostics).
+    writer = RunWriter(log_dir or Path("."), enabled=log_dir is not None and parts.world.main)
+    if not parts.world.main:
+        options["ratio_every"] = 0  # rank 0 measures the update ratios: the weights are the same on every rank
     return Trainer(model, data, optimizer, scheduler, interval, device=parts.device, precision=parts.precision,
-                   writer=writer, **options)
+                   writer=writer, world=parts.world, **options)
 
 
 def resume_auto(trainer: Trainer, run_dir: Path) -> Path | None:
@@ -242,21 +286,27 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     choices = {k: v for k, v in (choices or {}).items() if not k.startswith("hydra") and v is not None}
-    # A run already there is continued (trainer.resume), never overwritten.
-    refuse_reuse(run_dir, OmegaConf.select(cfg, "trainer.resume", default=None))
+    # Under DDP rank 0 alone writes the run directory's files: summary.json, checkpoints, events.
+    world = distributed.from_env()
+    main = world.main
+    write = write_json if main else lambda obj, path: None
+    # A run already there is continued (trainer.resume), never overwritten (rank 0 has checked).
+    if main:
+        refuse_reuse(run_dir, OmegaConf.select(cfg, "trainer.resume", default=None))
     try:
         validate(cfg)
         t = cfg.trainer
         auto = str(t.resume) == "auto"
         resume_path = checkpoint.resolve(t.resume) if t.resume and not auto else None  # fail before any work
-        parts = build_parts(cfg)
+        check_world(cfg, world)
+        parts = build_parts(cfg, world)
         trainer = build_trainer(parts, run_dir / "tb", run_dir / "checkpoints" if t.checkpoint else None)
     except UserError as exc:  # a setting refused: the run directory says so too, for a sweep's report
         if not (run_dir / "summary.json").exists():
-            write_json({"status": "failed", "error": error_line(exc), "choices": choices}, run_dir / "summary.json")
+            write({"status": "failed", "error": error_line(exc), "choices": choices}, run_dir / "summary.json")
         raise
     data, model, device, precision = parts.data, parts.model, parts.device, parts.precision
-    for stale in checkpoint.remove_partial_writes(run_dir / "checkpoints"):
+    for stale in checkpoint.remove_partial_writes(run_dir / "checkpoints") if main else ():
         log.info(f"removed {stale}, a checkpoint write a killed process left unfinished")
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # model.freeze leaves the rest out
@@ -265,12 +315,15 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
 
     def facts() -> dict[str, Any]:
         return {"task": data.task, "epochs": trainer.epoch, "steps": trainer.step, "params": n_params,
-                "trainable_params": n_trainable, "device": str(device), "precision": precision,
+                "trainable_params": n_trainable, "device": str(device), "processes": parts.world.size,
+                "precision": precision,
                 "choices": choices, "hparams": hyperparameters(cfg, choices), "dlrun_version": __version__}
 
     try:
         counted = f"{n_params:,} parameters" + (f", {n_trainable:,} trainable" if n_trainable != n_params else "")
-        log.info(f"model {type(model).__name__} ({counted}) on {device}, precision {precision}, "
+        ddp = f" x {parts.world.size} processes (DDP, {data.batch_size // parts.world.size} samples each a step)" \
+            if parts.world.distributed else ""
+        log.info(f"model {type(model).__name__} ({counted}) on {device}{ddp}, precision {precision}, "
                  f"{trainer.epochs} epochs x {trainer.steps_per_epoch} steps")
         if auto:
             resume_path = resume_auto(trainer, run_dir)
@@ -279,7 +332,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
         if resume_path is not None:
             writer.resumed_at(trainer.step)
             log.info(f"resumed from {resume_path} at epoch {trainer.epoch}, step {trainer.step}")
-        write_json({"status": "running", **facts()}, run_dir / "summary.json")
+        write({"status": "running", **facts()}, run_dir / "summary.json")
         try:
             with catch_signals(trainer.stop_request):  # through the test evaluation, not only fit
                 status = trainer.fit()
@@ -291,8 +344,8 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
                             "completed: the run has finished and nothing is lost")
         except BaseException as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
-            write_json({"status": "interrupted" if interrupted else "failed", "error": error_line(exc),
-                        **facts(), "wall_s": time.perf_counter() - wall_start}, run_dir / "summary.json")
+            write({"status": "interrupted" if interrupted else "failed", "error": error_line(exc),
+                   **facts(), "wall_s": time.perf_counter() - wall_start}, run_dir / "summary.json")
             raise
         wall = time.perf_counter() - wall_start
         summary = {
@@ -310,6 +363,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
             "samples_per_s": trainer.train_samples / max(trainer.train_seconds, 1e-9),
             "wall_s": wall,
             "device": str(device),
+            "processes": parts.world.size,  # DDP ranks (torchrun's world size)
             "precision": precision,
             "choices": choices,
             "hparams": hyperparameters(cfg, choices),
@@ -321,6 +375,8 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
             writer.hparams(summary["hparams"], metrics, trainer.step)
     finally:
         writer.close()
+    if not main:
+        return summary
     write_json(summary, run_dir / "summary.json")
     if status == "interrupted":
         log_interrupted(trainer, run_dir)
