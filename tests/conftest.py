@@ -50,6 +50,14 @@ def dlrun(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Complete
                           env={**os.environ, "COLUMNS": "120", **(env or {})}, timeout=300)
 
 
+@pytest.fixture(autouse=True)
+def not_a_requeued_slurm_job(monkeypatch):
+    """The suite may run inside a SLURM job: SLURM_RESTART_COUNT would turn the refusals the tests
+    expect into resumes (a requeued job continues its run); only tests that say so are "requeued"."""
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    monkeypatch.delenv("SUBMITIT_PREEMPT_SIGNAL", raising=False)
+
+
 @pytest.fixture
 def npz(tmp_path):
     """Write a small npz in the Keras convention; returns a function(**arrays) -> path."""

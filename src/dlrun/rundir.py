@@ -4,14 +4,19 @@ Hydra's default run directory has microseconds in its name, so a clash comes onl
 explicit `hydra.run.dir=...` (or `hydra.sweep.dir=...`). Continuing that run needs
 trainer.resume=auto (or a checkpoint inside it); anything else is refused in one line before a
 file is written. The CLI checks before Hydra starts, so even Hydra's .hydra/ files stay as they were.
+A requeued SLURM job (SLURM_RESTART_COUNT >= 1) with no trainer.resume continues as with auto.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 
 from dlrun.errors import UserError
+
+log = logging.getLogger("dlrun")
 
 
 def held_run(run_dir: Path) -> str | None:
@@ -25,6 +30,20 @@ def held_run(run_dir: Path) -> str | None:
     if any((run_dir / "checkpoints").glob("*.pt")) or any((run_dir / "tb").glob("events.*")):
         return "checkpoints and event files"
     return None
+
+
+def effective_resume(resume: object, say: bool = True) -> object:
+    """trainer.resume, or "auto" when it is null in a requeued SLURM job (SLURM_RESTART_COUNT >= 1).
+
+    SLURM (or submitit, on pre-emption or a time-out) starts a requeued job over with its command
+    unchanged, into the run directory it had begun: continuing that run from its newest checkpoint
+    is what it needs, and refusing the directory would end the job instead."""
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "")
+    if resume is not None or not restarts.isdigit() or int(restarts) < 1:
+        return resume
+    if say:
+        log.info(f"SLURM_RESTART_COUNT={restarts}: a requeued job; continuing as with trainer.resume=auto")
+    return "auto"
 
 
 def refuse_reuse(run_dir: Path, resume: object, option: str = "hydra.run.dir") -> None:
@@ -44,7 +63,8 @@ def refuse_reuse_before_hydra(args: list[str]) -> None:
     """The CLI's check for an explicit hydra.run.dir (or, with -m, hydra.sweep.dir's trial folders)."""
     values = dict(arg.split("=", 1) for arg in args if "=" in arg and not arg.startswith(("-", "+", "~")))
     resume = values.get("trainer.resume")
-    resume = None if resume in (None, "null") else resume
+    # Said by app.py, into train.log: logging starts with Hydra.
+    resume = effective_resume(None if resume in (None, "null") else resume, say=False)
     if "-m" in args or "--multirun" in args:
         if values.get("sweep") == "random":
             return  # its sweeper continues the sweep directory: ended trials kept, the rest resumed

@@ -8,23 +8,43 @@ installed for the duration of `fit` only, in the main thread only (Python runs s
 there and refuses to install them elsewhere), and the previous handlers come back afterwards.
 After a first SIGINT, a second one kills the process at once (the OS default): the checkpoints
 on disk stay whole, as every write is a rename of a complete file.
+
+A cluster's pre-emption signal (SIGUSR2, or the one SUBMITIT_PREEMPT_SIGNAL names, as submitit
+reads it) is noted the same way, but only while a Python handler is installed for it: submitit's,
+in a trial of hydra/launcher=slurm, which requeues the job and exits at once. Run first, it would
+exit mid-step and lose the steps since the last checkpoint; noted, the run saves last.pt and ends,
+and `hand_over` then gives the signal to that handler. With no Python handler it keeps its
+default action (the process ends), as before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from typing import Iterator
 
 # The exit status of a run each signal interrupted: the shell's 128 + N for SIGINT (130) and
-# SIGTERM (143); SIGUSR1 (SLURM's pre-emption warning, `sbatch --signal=USR1@90`) also ends
-# with 143, "terminated", whatever its number on the platform.
-EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGUSR1": 143}
+# SIGTERM (143); SIGUSR1 (SLURM's pre-emption warning, `sbatch --signal=USR1@90`) and SIGUSR2
+# (submitit's) also end with 143, "terminated", whatever their numbers on the platform.
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGUSR1": 143, "SIGUSR2": 143}
+ALWAYS = ("SIGINT", "SIGTERM", "SIGUSR1")  # noted whatever handler they had
+
+
+def preemption_signal() -> signal.Signals | None:
+    """The signal submitit requeues a job on: "SIG" + $SUBMITIT_PREEMPT_SIGNAL, USR2 by default."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    return getattr(signal, "SIG" + name.removeprefix("SIG"), None)
 
 
 def _signals() -> list[signal.Signals]:
-    return [getattr(signal, name) for name in EXIT_CODES if hasattr(signal, name)]  # no SIGUSR1 on Windows
+    sigs = [getattr(signal, name) for name in ALWAYS if hasattr(signal, name)]  # no SIGUSR1 on Windows
+    preempt = preemption_signal()
+    # Only when something in this process wants it (a Python handler): else its default stays.
+    if preempt is not None and preempt not in sigs and callable(signal.getsignal(preempt)):
+        sigs.append(preempt)
+    return sigs
 
 
 class StopRequest:
@@ -40,8 +60,8 @@ class StopRequest:
 
 @contextlib.contextmanager
 def catch_signals(request: StopRequest) -> Iterator[StopRequest]:
-    """Note SIGINT/SIGTERM/SIGUSR1 in `request` while inside; outside the main thread, or inside an
-    outer catch_signals of the same request, do nothing more."""
+    """Note SIGINT/SIGTERM/SIGUSR1 (and the pre-emption signal, see above) in `request` while inside;
+    outside the main thread, or inside an outer catch_signals of the same request, do nothing more."""
     if threading.current_thread() is not threading.main_thread() or request.catching:
         yield request
         return
@@ -64,3 +84,14 @@ def catch_signals(request: StopRequest) -> Iterator[StopRequest]:
         for sig, handler in previous.items():
             # None: a handler installed from outside Python, which cannot be put back; the default is.
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def hand_over(name: str | None) -> None:
+    """After a run the signal `name` interrupted (last.pt on disk, catch_signals' handlers gone):
+    call the Python handler that was installed for it before, as the signal would have. submitit's
+    requeues the job and exits; without one, nothing happens. Python's own SIGINT handler is left
+    out: it would only raise KeyboardInterrupt where the caller exits 130."""
+    sig = getattr(signal, name, None) if name else None
+    handler = signal.getsignal(sig) if sig is not None else None  # the one catch_signals put back
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(sig, None)
