@@ -119,16 +119,31 @@ def test_the_shards_scaled_losses_average_to_the_whole_batchs_mean(classificatio
         torch.testing.assert_close(torch.stack(parts).mean(), loss(out, y))
 
 
-def test_the_ranks_shards_partition_every_batch_in_order():
-    from dlrun.data.base import Split
+class Pixels(torch.utils.data.Dataset):
+    """A file-backed dataset's stand-in: sample i is a 1x1x1 uint8 image of value i."""
 
-    split = Split(torch.arange(50).float().unsqueeze(1), torch.arange(50))
+    def __len__(self):
+        return 50
+
+    def __getitem__(self, i):
+        return torch.tensor([[[i]]], dtype=torch.uint8), i
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_the_ranks_shards_partition_every_batch_in_order(streamed):
+    from dlrun.data.base import Split, StreamedSplit
+
+    split = StreamedSplit(Pixels(), torch.arange(50), workers=0, sample_shape=(1, 1, 1)) if streamed else \
+        Split(torch.arange(50).float().unsqueeze(1), torch.arange(50))
     order = torch.randperm(50, generator=torch.Generator().manual_seed(0))
     whole = [y for _, y in split.batches(16, order)]
     shards = [[y for _, y in split.batches(16, order, shard=(rank, 3))] for rank in range(3)]
     for step, batch in enumerate(whole):  # 16, 16, 16, 2: the last one leaves rank 2 an empty shard
         parts = [shards[rank][step] for rank in range(3)]
         assert torch.equal(torch.cat(parts), batch)
+        if streamed:  # the images follow their labels, the empty part included
+            xs = [x for x, _ in split.batches(16, order, shard=(2, 3))]
+            assert xs[step].shape == (len(parts[2]), 1, 1, 1) and torch.equal(xs[step].flatten().long(), parts[2])
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 

@@ -256,13 +256,21 @@ class StreamedSplit:
         rank, ranks = shard  # as Split.batches: rank's part of each batch (not a DistributedSampler,
         # whose padded strided shards would make N ranks train on other batches than one process)
         order = torch.arange(len(self)) if order is None else order.cpu()
-        self.sampler.chunks = [c.tensor_split(ranks)[rank].tolist() for c in order[start * batch_size:].split(batch_size)]
+        chunks = [c.tensor_split(ranks)[rank].tolist() for c in order[start * batch_size:].split(batch_size)]
+        # A last batch smaller than the ranks leaves some an empty part, which a DataLoader cannot
+        # collate: those get an empty batch here (a DDP rank must still take the step).
+        self.sampler.chunks = [c for c in chunks if c]
         if self.loader is None:  # one loader, so persistent workers survive from epoch to epoch
             self.loader = torch.utils.data.DataLoader(
                 self.dataset, batch_sampler=self.sampler, num_workers=self.workers,
                 pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
                 prefetch_factor=4 if self.workers > 0 else None)
-        for x, y in self.loader:
+        loaded = iter(self.loader)
+        for chunk in chunks:
+            if not chunk:
+                yield torch.empty((0, *self.sample_shape), dtype=self.dtype, device=self.device), self.y[:0]
+                continue
+            x, y = next(loaded)
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
