@@ -135,26 +135,26 @@ def main() -> None:
             runs.append({"diagnostics": label["diagnostics"], "steps": self.step, "plain": self.step / plain_seconds, "dlrun": self.step / dlrun_seconds,
                          "plain_step": self.step / self.plain.step_seconds, "dlrun_step": self.step / self.step_seconds})
 
-    def train_step(self, x, y):
+    def train_step(self, x, y, mix=None):
         # dlrun's step path: from the end of its last step to here (the loop, the batch gather)...
         now = time.perf_counter()
         if self.last_step_epoch == self.epoch:
             self.step_seconds += now - self.last_step_end
         self.plain.step(self.epoch)
         start = time.perf_counter()
-        self._step_with_logging(x, y)
+        self._step_with_logging(x, y, mix)
         # ...plus the step itself. An epoch's first step leaves out the epoch's end before it.
         self.last_step_end, self.last_step_epoch = time.perf_counter(), self.epoch
         self.step_seconds += self.last_step_end - start
 
-    def step_with_logging(self, x, y):
+    def step_with_logging(self, x, y, mix=None):
         if args.calibrate:  # A/A: the same plain step again, with its own model, in dlrun's place
             if not hasattr(self, "twin"):
                 self.twin = PlainLoop(self, hidden, lr, self.epochs)
             self.twin.step(self.epoch)
             self.step += 1
         else:
-            original_step(self, x, y)
+            original_step(self, x, y, mix)
 
     loop.Trainer.fit, loop.Trainer.train_step, loop.Trainer._step_with_logging = fit, train_step, step_with_logging
     if args.calibrate:
