@@ -23,7 +23,7 @@ INPUTS = {
 # Every model config, with the overrides that keep the big ones quick (the defaults are tested below).
 MODELS = {
     "mlp": [], "cnn": [], "lenet": [], "rnn": [], "lstm": [], "gru": [],
-    "resnet": ["model.depth=20"], "vgg": ["model.depth=11"],
+    "resnet": ["model.depth=20"], "resnet9": ["model.width=8"], "vgg": ["model.depth=11"],
     "alexnet": [], "googlenet": [],
 }
 BIG = {"alexnet", "googlenet", "vgg"}  # tens of millions of parameters: slow on 2 CPU cores

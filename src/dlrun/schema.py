@@ -356,6 +356,13 @@ class ResNet(TorchvisionNet):
 
 
 @dataclass
+class ResNet9(Activated):
+    width: int = setting(64, ge=1)
+    scale: float = setting(0.125, gt=0)
+    norm: str = setting("batch", choices=NORMS)
+
+
+@dataclass
 class GoogLeNet(TorchvisionNet):
     dropout: float = setting(0.2, **FRACTION)
 
@@ -551,12 +558,20 @@ class ReduceLROnPlateau(Schedule):
 
 # ------------------------------------------------------------------------------------ trainer, logger, check
 
+# torch.compile's modes ("default" is its mode=None)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class Trainer:
     device: str = "auto"
     devices: int = setting(1, ge=1)
     sync_bn: bool = False
     precision: Any = setting("auto", choices=("auto", "32", "fp32", "16", "fp16", "bf16"))
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str = setting("default", choices=COMPILE_MODES)
+    deterministic: bool = False
     epochs: int = setting(30, ge=1)
     max_steps: Optional[int] = setting(None, ge=1)
     seed: int = setting(0, **SEED)
@@ -623,6 +638,7 @@ TARGETS: dict[str, type] = {
     "dlrun.data.sequences.AddingData": AddingData, "dlrun.data.sequences.CopyData": CopyData,
     "dlrun.models.mlp.MLP": MLP, "dlrun.models.cnn.CNN": CNN, "dlrun.models.lenet.LeNet": LeNet,
     "dlrun.models.alexnet.alexnet": AlexNet, "dlrun.models.vgg.vgg": VGG, "dlrun.models.resnet.resnet": ResNet,
+    "dlrun.models.resnet9.resnet9": ResNet9,
     "dlrun.models.googlenet.googlenet": GoogLeNet, "dlrun.models.rnn.Recurrent": Recurrent,
     "torch.optim.SGD": SGD, "torch.optim.Adam": Adam, "torch.optim.AdamW": Adam, "torch.optim.RMSprop": RMSprop,
     "torch.optim.Adagrad": Adagrad, "torch.optim.LBFGS": LBFGS,

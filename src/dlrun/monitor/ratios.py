@@ -29,6 +29,6 @@ class UpdateRatio:
         self.before = None
         updates = torch.stack(update_norms).float()
         weights = torch.stack(weight_norms).float()
-        ratios = (updates / weights).tolist()  # the one sync
+        ratios, weights = torch.stack([updates / weights, weights]).tolist()  # the one sync
         # A tensor at exactly zero (a bias initialised to 0) has no ratio yet: skip it.
-        return {n: r for n, r, w in zip(self.names, ratios, weights.tolist()) if w > 0}
+        return {n: r for n, r, w in zip(self.names, ratios, weights) if w > 0}

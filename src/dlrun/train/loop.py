@@ -96,7 +96,8 @@ class Trainer:
                  stop_at_epoch: int | None = None, config: dict[str, Any] | None = None, loss: Loss | None = None,
                  ema_decay: float | None = None, grad_clip_mode: str = "norm",
                  diagnostics: DiagnosticsSettings | None = None, checkpoint_every_steps: int | None = None,
-                 augment: Augment | None = None, tta: str = "none", world: World = World()):
+                 augment: Augment | None = None, tta: str = "none", world: World = World(),
+                 channels_last: bool = False, compile: bool = False, compile_mode: str = "default"):
         self.model, self.data, self.optimizer, self.scheduler = model, data, optimizer, scheduler
         # Under torchrun: DDP averages the ranks' gradients in backward. Training's forward goes
         # through the wrapper; evaluation, checkpoints and the diagnostics use the model itself.
@@ -106,6 +107,15 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # trainer.compile: training and evaluation run compiled modules (never the DDP wrapper for
+        # evaluation: its forward may sync buffers, and ranks evaluate different numbers of batches).
+        # A diagnostics step runs eagerly (eager_model): its hooks would make the compiled graph recompile.
+        self.eager_model, self.eval_model = self.train_model, model
+        if compile:
+            mode = None if compile_mode == "default" else compile_mode
+            self.train_model = torch.compile(self.train_model, mode=mode)
+            self.eval_model = self.train_model if not world.distributed else torch.compile(model, mode=mode)
+        self.channels_last = channels_last  # trainer.channels_last: every batch in NHWC, as the model's weights
         self.global_samples: int | None = None  # train_epoch's next batch's size over all ranks
         self.batch_samples = 0  # the global batch's size in the step being taken (all ranks together)
         self.sched_interval = sched_interval
@@ -294,13 +304,17 @@ class Trainer:
         normalisation, so its square is the mean; mixup/cutmix blend the normalised inputs.
         """
         if self.augment is None:
-            return self.data.prepare(x), y, None
+            return self._layout(self.data.prepare(x)), y, None
         x = self.data.to_unit(x)
         if self.augment.pixel_ops:
             x = self.augment.pixels(x)
         x = self.augment.erase(self.data.normalize(x))
         x, y, y2, lam = self.augment.mix(x, y)
-        return x, y, (y2, lam) if y2 is not None else None
+        return self._layout(x), y, (y2, lam) if y2 is not None else None
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """trainer.channels_last: the batch in NHWC memory order (the same tensor when it already is)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 
     def _stopping(self, boundary: bool = False) -> bool:
         """Whether a signal stops the run before the next step.
@@ -362,15 +376,15 @@ class Trainer:
         if diagnose:
             self.diagnostics.start()
             try:
-                return self._forward(x, y, mix)
+                return self._forward(x, y, mix, eager=True)
             finally:
                 self.diagnostics.stop()
         return self._forward(x, y, mix)
 
-    def _forward(self, x: torch.Tensor, y: torch.Tensor,
-                 mix: Mix | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _forward(self, x: torch.Tensor, y: torch.Tensor, mix: Mix | None = None,
+                 eager: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         with self.autocast():
-            out = self.train_model(x)
+            out = (self.eager_model if eager else self.train_model)(x)
             data_loss = self._data_loss(out.float(), y)
             if mix is not None:  # mixup/cutmix: cross-entropy is linear in the target distribution
                 y2, lam = mix
@@ -556,16 +570,17 @@ class Trainer:
         model = model or self.model
         was_training = model.training
         model.eval()
+        run = self.eval_model if model is self.model else model  # the compiled module (trainer.compile)
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         for x, y in split.batches(self.data.eval_batch_size, shard=(self.world.rank, self.world.size)):
             if not len(y):  # a rank's empty part of a last batch smaller than the ranks
                 continue
-            x = self.data.prepare(x)
+            x = self._layout(self.data.prepare(x))
             with self.autocast():
-                out = model(x).float()
+                out = run(x).float()
                 if tta == "flip":
-                    mirrored = model(x.flip(-1)).float()
+                    mirrored = run(x.flip(-1)).float()
                     out = ((out.softmax(1) + mirrored.softmax(1)) / 2).log()  # log-probabilities act as logits
             total_loss += self.loss_fn(out, y, reduction="sum")
             if self.classification:

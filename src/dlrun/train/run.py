@@ -80,13 +80,29 @@ def check_world(cfg: DictConfig, world: World) -> None:
 
 
 def resolve_precision(precision: Any, device: torch.device) -> str:
-    """auto: bf16 on a CUDA device that supports it, else fp32 (bf16 is ~3x slower on CPUs without it)."""
+    """auto: on CUDA bf16 where the GPU has it (Ampere on), else fp16 with a GradScaler; on the CPU
+    fp32 (bf16 is ~3x slower on CPUs without bf16 instructions, fp16 slower still)."""
     name = {"32": "32", "fp32": "32", "16": "fp16", "fp16": "fp16", "bf16": "bf16", "auto": "auto"}.get(str(precision))
     if name is None:
         raise UserError(f"trainer.precision={precision!r} is unknown; use auto, 32, bf16 or fp16")
     if name == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "32"
+        if device.type != "cuda":
+            return "32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     return name
+
+
+def set_determinism(deterministic: bool, device: torch.device) -> None:
+    """trainer.deterministic: torch's deterministic algorithms (an op that has none warns), cuBLAS's
+    fixed workspace, cuDNN's deterministic kernels; off, cudnn.benchmark times the kernels for each
+    shape and keeps the fastest. TF32 matmuls stay on either way (they are deterministic)."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: set it first
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls
 
 
 def hyperparameters(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
@@ -95,7 +111,8 @@ def hyperparameters(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
     params: dict[str, Any] = dict(choices)
     for group in ("model", "init", "reg", "loss", "optim", "sched", "augment"):
         params.update(flatten(tree.get(group) or {}, f"{group}."))
-    for key in ("data.batch_size", "data.preprocess", "trainer.epochs", "trainer.max_steps", "trainer.seed", "trainer.precision"):
+    for key in ("data.batch_size", "data.preprocess", "trainer.epochs", "trainer.max_steps", "trainer.seed",
+                "trainer.precision", "trainer.channels_last", "trainer.compile"):
         group, name = key.split(".")
         value = tree[group].get(name)
         params[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
@@ -149,9 +166,7 @@ def build_parts(cfg: DictConfig, world: World = World()) -> Parts:
         if str(t.precision) == "auto":  # its line search compares losses that bf16 rounds to 3 digits
             precision = "32"
         check_closure_optimizer(precision, grad_clip)
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls
-        torch.backends.cudnn.benchmark = True
+    set_determinism(bool(OmegaConf.select(cfg, "trainer.deterministic", default=False)), device)
     if t.threads:
         torch.set_num_threads(int(t.threads))
     elif world.distributed and device.type == "cpu":  # the ranks on a machine share its cores
@@ -168,6 +183,11 @@ def build_parts(cfg: DictConfig, world: World = World()) -> Parts:
     if world.distributed and OmegaConf.select(cfg, "trainer.sync_bn"):  # statistics over the global batch
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
+    if settings["channels_last"]:
+        if data.layout != "image":
+            raise UserError(f"trainer.channels_last=true lays out images (4-D batches) as NHWC; this run's data "
+                            f"are {data.layout}: use trainer.channels_last=false")
+        model.to(memory_format=torch.channels_last)
     if world.distributed:  # the same init on every rank (DDP broadcasts rank 0's anyway); then each
         torch.manual_seed(seed + world.rank)  # rank draws its own dropout masks
     return Parts(cfg, device, precision, data, loss, settings.pop("reg"), model, settings, world)
@@ -204,6 +224,9 @@ def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
         # A checkpoint's config from before augment= and eval= existed has neither: both off.
         augment=OmegaConf.to_container(cfg.augment, resolve=True) if OmegaConf.select(cfg, "augment") else None,
         tta=str(OmegaConf.select(cfg, "eval.tta", default="none")),
+        channels_last=bool(OmegaConf.select(cfg, "trainer.channels_last", default=False)),
+        compile=bool(OmegaConf.select(cfg, "trainer.compile", default=False)),
+        compile_mode=str(OmegaConf.select(cfg, "trainer.compile_mode", default="default")),
     )
 
 
