@@ -167,6 +167,9 @@ def build_parts(cfg: DictConfig, world: World = World()) -> Parts:
             precision = "32"
         check_closure_optimizer(precision, grad_clip)
     set_determinism(bool(OmegaConf.select(cfg, "trainer.deterministic", default=False)), device)
+    if precision == "fp16" and device.type == "cpu":
+        log.warning("trainer.precision=fp16 on the CPU runs, through CPU autocast and a GradScaler, but several "
+                    "times slower than 32 (LeNet: 0.2x in scripts/bench_gpu.py); fp16 is for GPUs")
     if t.threads:
         torch.set_num_threads(int(t.threads))
     elif world.distributed and device.type == "cpu":  # the ranks on a machine share its cores
