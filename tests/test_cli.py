@@ -37,12 +37,12 @@ def test_train_is_a_hydra_app_cfg_job_overrides_and_additions(tmp_path):
     assert "note: hello" in result.stdout
     assert not (tmp_path / "outputs").exists()  # --cfg prints and runs nothing
     helped = dlrun("train", "--help", cwd=tmp_path)
-    assert helped.returncode == 0 and "model: alexnet, cnn, googlenet, gru, lenet, lstm, mlp, resnet, rnn, vgg" in helped.stdout
+    assert helped.returncode == 0 and "model: alexnet, cnn, googlenet, gru, lenet, lstm, mlp, resnet, resnet9, rnn, vgg" in helped.stdout
 
 
 @pytest.mark.parametrize("override,message", [
     ("optim.nonexistent=1", "Could not override 'optim.nonexistent'; To append to your config use +optim.nonexistent=1"),
-    ("model=resnet50", "Could not find 'model/resnet50'; Available options in 'model': alexnet, cnn, googlenet, gru, lenet, lstm, mlp, resnet, rnn, vgg"),
+    ("model=resnet50", "Could not find 'model/resnet50'; Available options in 'model': alexnet, cnn, googlenet, gru, lenet, lstm, mlp, resnet, resnet9, rnn, vgg"),
     ("optim.lr=abc", "optim.lr='abc' must be a number > 0"),
 ])
 def test_bad_overrides_are_one_line_and_exit_2(tmp_path, override, message):

@@ -6,6 +6,7 @@ the commands' modules are imported only once a command is chosen.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -241,14 +242,24 @@ def train(rest: list[str]) -> None:
 
         world = distributed.from_env()
         distributed.init_process_group(world)
+        code = 0
         try:
             sys.argv = [sys.argv[0], *distributed.rank_overrides(rest, world)]
             from dlrun.train.app import train_app
 
             train_app()
-        finally:  # a process that exits with its group still up aborts ("terminate called ...")
+        except SystemExit as exc:  # a mistake's 2, a signal's 130 or 143
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        finally:
             distributed.destroy_process_group()
-        return
+        # The rank ends without the interpreter's finalization, where gloo's threads can still abort
+        # a process whose run has ended well ("terminate called without an active exception", seen
+        # once in ~40 runs; pytorch#179291), which torchrun would report as a failed run. The run
+        # directory is complete by now: flush what is buffered and go.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     devices = devices_asked(rest)
     if devices > 1:
         if "-m" in rest or "--multirun" in rest:

@@ -91,6 +91,8 @@ def init_process_group(world: World) -> None:
 
 
 def destroy_process_group() -> None:
+    """Shut the group down before the interpreter does: a process that exits with it still up can
+    abort in gloo's threads ("terminate called without an active exception")."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
