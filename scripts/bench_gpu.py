@@ -189,7 +189,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--steps", type=int, default=30, help="timed steps per setting")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (cudnn.benchmark, compile)")
-    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile settings")
+    parser.add_argument("--precisions", nargs="*", default=["32", "bf16", "fp16"], choices=list(AMP))
+    parser.add_argument("--compile", default="both", choices=["off", "on", "both"],
+                        help="the throughput settings without torch.compile, with it, or both")
+    parser.add_argument("--no-compile", action="store_true", help="no torch.compile anywhere (the overhead run too)")
     parser.add_argument("--samples", type=int, default=24576, help="training images of the overhead run")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of the overhead run (the first is warm-up)")
     parser.add_argument("--overhead-model", default="resnet18", choices=list(MODELS))
@@ -201,7 +204,8 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
     batch = None
-    models, precisions, compiles = args.models, ["32", "bf16", "fp16"], [False, True]
+    models, precisions = args.models, args.precisions
+    compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     if args.quick:
         models, batch, args.steps, args.warmup, args.samples, args.epochs = ["lenet"], 32, 2, 1, 256, 2
         args.overhead_model = "lenet"
@@ -216,7 +220,7 @@ def main() -> None:
     rows = []
     for model in models:
         _, shape, default_batch = MODELS[model]
-        base = None
+        base = None  # the model's first setting: fp32, no channels_last (and no compile, with --compile both)
         for compiled in compiles:
             for precision in precisions:
                 for channels_last in (False, True):
