@@ -169,3 +169,23 @@ def test_one_run_directory_pattern_resolved_at_rank_0s_time():
 def test_a_sweep_under_torchrun_is_refused():
     with pytest.raises(UserError, match="a sweep .-m. is not launched under it"):
         rank_overrides(["-m", "optim.lr=0.1,0.01"], World(rank=0, size=2))
+
+
+def test_sync_bn_turns_every_batchnorm_into_syncbatchnorm_under_ddp():
+    from torch import nn
+
+    from dlrun.train.run import build_parts
+
+    threads = torch.get_num_threads()
+    try:  # build_parts gives each of the ranks on a machine its share of the cores
+        cfg, _ = make_config("model=resnet", "trainer.sync_bn=true")
+        parts = build_parts(cfg, World(rank=0, size=2, local_size=2))
+        plain = build_parts(cfg)  # alone: BatchNorm stays
+    finally:
+        torch.set_num_threads(threads)
+    norms = [m for m in parts.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, nn.SyncBatchNorm) for m in norms)
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in plain.model.modules())
+    # the same parameters and initial values: the conversion keeps them
+    for (name, a), (_, b) in zip(parts.model.state_dict().items(), plain.model.state_dict().items()):
+        assert torch.equal(a, b), name
