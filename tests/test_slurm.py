@@ -68,7 +68,7 @@ def preempted(tmp_path_factory):
     (tmp / "driver.py").write_text(DRIVER)
     run, marker = tmp / "run", tmp / "requeued"
     proc = subprocess.run([sys.executable, "driver.py", str(marker), "train", f"hydra.run.dir={run}", *RUN],
-                          cwd=tmp, capture_output=True, text=True, env=env(), timeout=300)
+                          cwd=tmp, capture_output=True, text=True, env=env(SUBMITIT_EXECUTOR="slurm"), timeout=300)
     return {"run": run, "marker": marker, "proc": proc, "tmp": tmp}
 
 
@@ -100,6 +100,7 @@ def test_the_preemption_signal_saves_the_step_then_goes_to_the_handler_that_want
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["status"], summary["signal"], summary["steps"]) == ("interrupted", "SIGUSR2", SIGNAL_AT)
     assert f"SIGUSR2: stopped after step {SIGNAL_AT}" in out
+    assert "submitit requeues this job, which continues from it" in out and "continue with" not in out
 
 
 def test_a_requeued_job_continues_to_the_weights_of_an_unbroken_run(preempted, whole_weights, tmp_path):

@@ -27,7 +27,7 @@ from dlrun.optim import (build_optimizer, build_scheduler, check_closure_optimiz
                          uses_closure)
 from dlrun.train import checkpoint, distributed
 from dlrun.train.distributed import World
-from dlrun.train.interrupt import catch_signals
+from dlrun.train.interrupt import catch_signals, preemption_signal
 from dlrun.train.loop import Trainer, plan, resolve_monitor
 
 log = logging.getLogger("dlrun")
@@ -410,6 +410,13 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
     return summary
 
 
+def submitit_requeues(signal_name: str | None) -> bool:
+    """Whether this is a submitit job stopped by its pre-emption signal: submitit's handler, which
+    the signal is handed to after the run, requeues the job (see dlrun.train.interrupt)."""
+    preempt = preemption_signal()
+    return bool(os.environ.get("SUBMITIT_EXECUTOR")) and preempt is not None and signal_name == preempt.name
+
+
 def log_interrupted(trainer: Trainer, run_dir: Path) -> None:
     """The one line a signal gets: what happened, what was saved, how to go on."""
     last = run_dir / "checkpoints" / "last.pt"
@@ -418,6 +425,8 @@ def log_interrupted(trainer: Trainer, run_dir: Path) -> None:
         log.warning(f"{what}; no checkpoint written (trainer.checkpoint=false), nothing to continue from")
     elif not last.is_file():
         log.warning(f"{what}, before any checkpoint; nothing to continue from")
+    elif submitit_requeues(trainer.stop_request.signal):
+        log.warning(f"{what}; saved {last}; submitit requeues this job, which continues from it")
     else:
         log.warning(f"{what}; saved {last}; continue with: dlrun train <same overrides> trainer.resume={run_dir}")
 
@@ -432,6 +441,8 @@ def print_results(summary: dict[str, Any], run_dir: Path) -> None:
     test, best = summary["test"], summary["best"]
     if summary["status"] == "early_stopped":
         table.add_row("status", f"early stopped after epoch {summary['epochs']} (reg=early_stopping)")
+    elif summary["status"] == "interrupted" and submitit_requeues(summary.get("signal")):
+        table.add_row("status", f"interrupted after epoch {summary['epochs']}; submitit requeues this job")
     elif summary["status"] != "finished":
         table.add_row("status", f"{summary['status']} after epoch {summary['epochs']}; "
                                 f"continue with trainer.resume={run_dir}")
