@@ -262,13 +262,9 @@ def train(rest: list[str]) -> None:
         os._exit(code)
     devices = devices_asked(rest)
     if devices > 1:
-        if "-m" in rest or "--multirun" in rest:
-            from dlrun.errors import UserError
+        from dlrun.train.distributed import launch, refuse_sweep
 
-            raise UserError(f"trainer.devices={devices} runs one training on {devices} processes; a sweep (-m) "
-                            "runs its trials with trainer.devices=1")
-        from dlrun.train.distributed import launch
-
+        refuse_sweep(rest)
         if not _full_error:  # the ranks decide for themselves, as the user asked
             os.environ.pop("HYDRA_FULL_ERROR", None)
         sys.exit(launch(devices, rest))

@@ -14,9 +14,9 @@ directory, a signal's stop) through gloo without touching the GPU.
 from __future__ import annotations
 
 import datetime
-import signal
 import os
 import re
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,10 +43,6 @@ class World:
     @property
     def distributed(self) -> bool:
         return self.size > 1
-
-    def shard(self, index: torch.Tensor) -> torch.Tensor:
-        """This rank's contiguous part of a global batch's indices (sizes differ by at most one)."""
-        return index.tensor_split(self.size)[self.rank] if self.size > 1 else index
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """The elementwise sum of `values` over the ranks (in place; the tensor itself when alone)."""
@@ -105,6 +101,13 @@ def shared_run_dir(pattern: str, when: datetime.datetime) -> str:
     return NOW.sub(lambda m: when.strftime(m.group(1)), pattern)
 
 
+def refuse_sweep(args: list[str]) -> None:
+    """-m under torchrun or trainer.devices: one line (each of a sweep's trials runs on one process)."""
+    if "-m" in args or "--multirun" in args:
+        raise UserError("torchrun (or trainer.devices) runs one training on several processes; a sweep (-m) "
+                        "is not launched under it: drop -m (or trainer.devices), or run the sweep without torchrun")
+
+
 def rank_overrides(args: list[str], world: World) -> list[str]:
     """The overrides that put every rank in one run directory and let rank 0 alone write there.
 
@@ -117,9 +120,7 @@ def rank_overrides(args: list[str], world: World) -> list[str]:
 
     from dlrun.paths import CONFIG_DIR
 
-    if "-m" in args or "--multirun" in args:
-        raise UserError("torchrun (or trainer.devices) runs one training on several processes; a sweep (-m) "
-                        "is not launched under it: drop -m, or run the sweep without torchrun")
+    refuse_sweep(args)
     given = [a for a in args if a.startswith("hydra.run.dir=")]
     message: list[Any] = [None, None]
     if world.main:
@@ -130,7 +131,8 @@ def rank_overrides(args: list[str], world: World) -> list[str]:
             if given:
                 pattern = given[-1].split("=", 1)[1]
             else:  # unresolved: ${now:...} is Hydra's resolver, not registered yet
-                pattern = OmegaConf.to_container(OmegaConf.load(os.path.join(CONFIG_DIR, "train.yaml")))["hydra"]["run"]["dir"]
+                train_yaml = OmegaConf.to_container(OmegaConf.load(os.path.join(CONFIG_DIR, "train.yaml")))
+                pattern = train_yaml["hydra"]["run"]["dir"]
             message = [shared_run_dir(pattern, datetime.datetime.now()), None]
         except UserError as exc:
             message = [None, str(exc)]

@@ -330,10 +330,8 @@ class Trainer:
             return False
         if not self.world.any(bool(self.stop_request)):
             return False
-        if not self.stop_request:  # another rank got it: say which signal
-            self.stop_request.signal = next(s for s in self.world.gather(self.stop_request.signal) if s)
-        else:
-            self.world.gather(self.stop_request.signal)
+        signals = self.world.gather(self.stop_request.signal)
+        self.stop_request.signal = self.stop_request.signal or next(s for s in signals if s)  # another rank's
         return True
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, mix: Mix | None = None) -> None:
