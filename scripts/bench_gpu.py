@@ -13,6 +13,9 @@ what dlrun's loop costs over a hand-written one.
    data with the same model, optimizer, precision and layout (gather, scale, normalise, step),
    in the same process. Each one's training steps per second in the epochs after the first (the
    first compiles and tunes), and dlrun / plain: 1.0 means the loop and its logging cost nothing.
+3. Host syncs (CUDA only). One more epoch of dlrun's Trainer in the same settings under CUDA's
+   sync debug mode: every operation that made the host wait for the GPU, by step. Only the
+   logger.every flushes (and the update-ratio steps, logger.ratio_every) should.
 
 Prints both tables and writes them as JSON (--json), with the device's name, torch's version
 and the date. --quick is a smoke test for the CPU: two small models, few steps.
@@ -29,6 +32,7 @@ import json
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +45,7 @@ from dlrun.models.lenet import LeNet
 from dlrun.models.resnet import resnet
 from dlrun.models.vgg import vgg
 from dlrun.paths import CONFIG_DIR
-from dlrun.train.run import train
+from dlrun.train.run import build_parts, build_trainer, train
 
 # name -> (builder, sample shape, batch size)
 MODELS = {
@@ -173,6 +177,7 @@ def overhead(model: str, device: torch.device, precision: str, channels_last: bo
             summary = train(cfg, Path(tmp) / "run")
         finally:
             loop.Trainer.train_epoch = original
+        syncs = host_syncs(cfg) if device.type == "cuda" else None
         train_x = torch.from_numpy(x[:samples])[: summary["steps"] // epochs * batch]
         plain = PlainLoop(model, train_x, torch.from_numpy(y[:len(train_x)]), batch, device, precision, channels_last, compiled)
         plain_rates = [plain.epoch() for _ in range(epochs)]
@@ -180,7 +185,37 @@ def overhead(model: str, device: torch.device, precision: str, channels_last: bo
     return {"model": model, "input": "x".join(map(str, shape)), "batch": batch, "precision": precision,
             "channels_last": channels_last, "compile": compiled, "epochs": epochs,
             "steps_per_epoch": summary["steps"] // epochs, "dlrun_steps_per_s": dlrun_rate,
-            "plain_steps_per_s": plain_rate, "ratio": dlrun_rate / plain_rate}
+            "plain_steps_per_s": plain_rate, "ratio": dlrun_rate / plain_rate, "host_syncs": syncs}
+
+
+def host_syncs(cfg) -> dict:
+    """One epoch of dlrun's Trainer, after one of warm-up (cudnn.benchmark, compile), under CUDA's
+    sync debug mode: how many times the host waited for the GPU, and at which steps."""
+    trainer = build_trainer(build_parts(cfg), None)
+    trainer.train_epoch()
+    caught: list = []
+    by_step: dict[int, int] = {}
+    step = trainer.train_step
+
+    def counted_step(*args):
+        before = len(caught)
+        step(*args)
+        if len(caught) > before:
+            by_step[trainer.step] = len(caught) - before
+
+    trainer.train_step = counted_step
+    first = trainer.step
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer.train_epoch()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    messages = sorted({str(w.message).splitlines()[0][:120] for w in caught})
+    return {"steps": trainer.step - first, "syncs": len(caught), "syncs_in_steps": sum(by_step.values()),
+            "steps_with_syncs": sorted(by_step), "logger_every": trainer.log_every,
+            "ratio_every": trainer.ratio_every, "messages": messages}
 
 
 def main() -> None:
@@ -241,6 +276,11 @@ def main() -> None:
           f"{result['channels_last']}, compile {result['compile']}, {result['steps_per_epoch']} steps an epoch: "
           f"dlrun {result['dlrun_steps_per_s']:.1f} steps/s, plain loop {result['plain_steps_per_s']:.1f} steps/s, "
           f"ratio {result['ratio']:.3f}")
+    if result["host_syncs"]:
+        syncs = result["host_syncs"]
+        print(f"host syncs in one epoch of {syncs['steps']} steps (logger.every {syncs['logger_every']}, ratio_every "
+              f"{syncs['ratio_every']}): {syncs['syncs']}, {syncs['syncs_in_steps']} inside steps, at steps "
+              f"{syncs['steps_with_syncs']}")
     cifar = {(r["precision"], r["channels_last"], r["compile"]): r["images_per_s"] for r in rows if r["model"] == "resnet18"}
     if ("bf16", True, False) in cifar:
         print(f"resnet18 3x32x32: bf16 + channels_last / fp32 = {cifar[('bf16', True, False)] / cifar[('32', False, False)]:.2f}x")

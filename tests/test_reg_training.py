@@ -154,6 +154,31 @@ def test_ema_weights_follow_the_recurrence_and_are_validated_tested_and_checkpoi
     assert scalars(tmp_path, "val_ema/acc")
 
 
+def test_ema_is_torchs_averaged_model_to_the_bit_also_across_a_checkpoint():
+    """dlrun's EMA keeps AveragedModel's update (and its n_averaged buffer) but counts on the host."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from dlrun.train.ema import EMA
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+    ours, torchs = EMA(model, 0.9), AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    for step in range(5):
+        model(torch.randn(16, 4)).sum().backward()  # BatchNorm's running statistics (and its count) move
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.1 * p.grad
+        if step == 2:  # a resumed run: a fresh EMA loads the state; its host count comes from the buffer
+            ours = EMA(model, 0.9)
+            ours.load_state_dict(torchs.state_dict())
+            assert ours.updates is None
+        ours.update_parameters(model)
+        torchs.update_parameters(model)
+        for key, value in torchs.state_dict().items():
+            assert torch.equal(ours.state_dict()[key], value), (step, key)
+    assert ours.updates == int(ours.n_averaged) == 5
+
+
 def test_grad_clip_by_value_clamps_each_gradient_element(tmp_path, monkeypatch):
     seen = []
     real_step = torch.optim.Adam.step

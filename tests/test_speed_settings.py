@@ -151,3 +151,49 @@ def test_bench_gpu_runs_on_the_cpu_and_writes_its_table(tmp_path):
     assert {r["precision"] for r in rows} >= {"32", "bf16"} and {r["channels_last"] for r in rows} == {False, True}
     assert all(r["images_per_s"] > 0 for r in rows)
     assert table["overhead"]["ratio"] > 0 and "images/s" in result.stdout
+
+
+# Each of these hands a tensor's value to Python; on a GPU each waits for the device to finish.
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu")
+
+
+def host_reads_by_step(trainer) -> dict[int, int]:
+    """One epoch of `trainer`; how many times each step read a tensor back to the host.
+
+    torch keeps Adam's and its kin's step counters on the host on every device (optimizer.py's
+    _get_value reads them with .item()), so those reads wait for nothing and are not counted.
+    """
+    reads: dict[int, int] = {}
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def counted(name):
+        def read(tensor, *args, **kwargs):
+            if not any(tensor is state.get("step") for state in trainer.optimizer.state.values()):
+                reads[trainer.step] = reads.get(trainer.step, 0) + 1
+            return originals[name](tensor, *args, **kwargs)
+        return read
+
+    for name in HOST_READS:
+        setattr(torch.Tensor, name, counted(name))
+    try:
+        trainer.train_epoch()
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+    return reads
+
+
+@pytest.mark.parametrize("overrides", [
+    (),
+    ("model=lenet", "augment=cutmix", "optim=nesterov", "sched=onecycle", "reg=maxnorm", "trainer.grad_clip=1.0",
+     "trainer.ema_decay=0.99", "trainer.precision=bf16", "trainer.channels_last=true"),
+    ("model=lstm", "data=digits_rows", "reg=label_smoothing", "augment=none", "trainer.grad_clip_mode=value",
+     "trainer.grad_clip=0.5"),
+], ids=["defaults", "lenet-cutmix-ema-maxnorm-bf16", "lstm-smoothing-clip"])
+def test_training_steps_read_nothing_back_between_the_logger_flushes(overrides):
+    """The issue's "no host sync per step", shown on the CPU: between two `logger.every` flushes a
+    training step hands no tensor value to Python, so a GPU runs ahead of the host. 21 steps of
+    64 digits with every=5: one read at each flush (steps 5, 10, 15, 20 and the epoch's end, 21)."""
+    cfg, _ = make_config(*overrides, "logger.every=5", "logger.ratio_every=0", "logger.diagnostics.every=0")
+    trainer = build_trainer(build_parts(cfg), None)
+    assert host_reads_by_step(trainer) == {5: 1, 10: 1, 15: 1, 20: 1, 21: 1}

@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from dlrun.data import Data, Split, StreamedSplit
 from dlrun.data.augment import Augment
@@ -33,6 +32,7 @@ from dlrun.losses import Loss, build_loss
 from dlrun.regularization import Regularization, apply_maxnorm, penalized_weights, penalty
 from dlrun.train import checkpoint
 from dlrun.train.distributed import World
+from dlrun.train.ema import EMA
 from dlrun.train.interrupt import StopRequest, catch_signals
 
 log = logging.getLogger("dlrun")
@@ -139,10 +139,9 @@ class Trainer:
         self.constrained = [p for p in self.params if p.ndim > 1] if reg.maxnorm else []
         self.early_best: float | None = None  # reg=early_stopping: the best monitored value so far
         self.early_waited = 0                 # and the validations since it last improved by min_delta
-        # trainer.ema_decay: Polyak averaging, torch's AveragedModel with the EMA update
-        # e <- d * e + (1 - d) * w after every step (buffers too: BatchNorm statistics follow).
-        self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) \
-            if ema_decay else None
+        # trainer.ema_decay: Polyak averaging, e <- d * e + (1 - d) * w after every step (buffers
+        # too: BatchNorm statistics follow); torch's AveragedModel without its per-step syncs.
+        self.ema = EMA(model, ema_decay) if ema_decay else None
         self.ema_val: dict[str, float] = {}
         self.update_ratio = UpdateRatio([(n, p) for n, p in model.named_parameters() if p.requires_grad])
         # logger.diagnostics: None (or every=0, or a disabled writer) computes nothing at all.
