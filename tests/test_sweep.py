@@ -16,7 +16,7 @@ from scipy import stats
 
 from dlrun.errors import UserError
 from dlrun.sweep.space import as_override, dimensions, parse, sample
-from tests.conftest import dlrun
+from tests.conftest import dlrun, make_config
 
 SPACE = {"optim": {"lr": "loguniform(1e-5, 1e-1)", "momentum": "uniform(0.5, 0.99)"},
          "data": {"batch_size": "randint(32, 256)"}, "model": {"hidden": "choice([64], [128], [256,256])"}}
@@ -90,7 +90,7 @@ def test_a_trial_that_raises_and_one_that_diverges_fail_alone(tmp_path):
                                                  ["optim.lr"] for i in range(4)) == [-1, 0.01, 0.01, 1e6])
     result = subprocess.run(sweep_cmd(tmp_path / "sw", "optim=sgd", space, "sweep.n_trials=4", f"sweep.seed={seed}"),
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 2, result.stderr[-2000:]  # the exit status: how many failed
+    assert result.returncode == 1, result.stderr[-2000:]  # some trials failed (2 would be a mistake)
     assert f"2 of 4 trials failed; see {tmp_path / 'sw' / 'sweep.json'}" in result.stderr
     rows = {next(o for o in r["overrides"] if o.startswith("++optim.lr=")): r for r in trials(tmp_path / "sw")}
     assert rows["++optim.lr=-1"]["status"] == "failed" and "optim.lr=-1 must be a number > 0" in rows["++optim.lr=-1"]["error"]
@@ -190,6 +190,22 @@ def test_the_shipped_slurm_launcher_config_composes():
     assert (full.hydra.launcher.array_parallelism, full.hydra.launcher.gpus_per_node) == (4, 1)
 
 
+def test_report_into_a_pipe_its_reader_closed_ends_quietly(tmp_path):
+    """`dlrun report DIR --json | head -1`: no BrokenPipeError traceback, exit 1 (as rich's tables)."""
+    for i in range(400):  # enough trials that the JSON outgrows a pipe's buffer
+        (tmp_path / str(i) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(i) / ".hydra" / "overrides.yaml").write_text(f"- ++optim.lr={1e-3 * (i + 1)}\n")
+        (tmp_path / str(i) / "summary.json").write_text(json.dumps(
+            {"status": "finished", "best": {"monitor": "val/acc", "value": i / 400}, "epochs": 1, "wall_s": 1.0}))
+    for args in (["--json"], []):
+        reader = subprocess.Popen([sys.executable, "-m", "dlrun", "report", str(tmp_path), *args],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        reader.stdout.readline()
+        reader.stdout.close()  # as head does after its line
+        err = reader.stderr.read().decode()
+        assert reader.wait(timeout=60) == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_report_and_ensemble_mistakes_are_one_line(tmp_path, capsys):
     from dlrun.cli import main as cli_main
 
@@ -219,3 +235,20 @@ def test_a_new_dimension_on_the_command_line_needs_no_plus_and_is_kept_as_text()
     from omegaconf import OmegaConf
 
     assert [d.key for d in dimensions(OmegaConf.to_container(cfg.sweep.space))] == ["optim.lr", "optim.weight_decay", "model.hidden"]
+
+
+def test_a_value_fixed_on_the_command_line_for_a_sampled_key_is_refused_before_any_trial(tmp_path, monkeypatch, capsys):
+    """optim.lr=0.1 beside a space that samples optim.lr would be replaced by the draws; the fix
+    the line names, dropping the dimension, runs with the fixed value."""
+    from dlrun.cli import main as cli_main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["train", "-m", "sweep=random", "sweep.n_trials=2", "optim.lr=0.1", f"hydra.sweep.dir={tmp_path / 'a'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and err == ["dlrun train: error: optim.lr=0.1: sweep.space also samples optim.lr; drop "
+                                             "optim.lr=0.1 to search it, or drop the dimension with "
+                                             "'~sweep.space.optim.lr' to fix it"]
+    assert not (tmp_path / "a").exists()
+    cfg, _ = make_config("sweep=random", "optim.lr=0.1", "~sweep.space.optim.lr")
+    assert list(cfg.sweep.space.optim) == ["weight_decay"] and cfg.optim.lr == 0.1

@@ -88,6 +88,18 @@ def fail(command: str, exc: BaseException) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+        sys.stdout.flush()  # here, so that a reader that has gone is caught below
+    except BrokenPipeError:
+        # `dlrun report DIR --json | head`: the reader closed the pipe. Python's documented remedy:
+        # point stdout at /dev/null so the interpreter's exit flush cannot fail again, and exit 1
+        # without a traceback, as rich's console does when its tables meet a closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+
+
+def _main(argv: list[str] | None) -> None:
     global _full_error
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):

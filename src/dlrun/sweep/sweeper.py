@@ -7,7 +7,7 @@ with the same hydra.sweep.dir after a kill runs only the rest; a trial the kill 
 continues from its own last.pt (every trial runs with trainer.resume=auto).
 
 A trial that raises or diverges is recorded as failed and the sweep goes on; at the end the exit
-status is the number of failed trials (0: all ended well), and DIR/sweep.json lists every trial.
+status is 1 if any trial failed (0: all ended well), and DIR/sweep.json lists every trial.
 """
 
 from __future__ import annotations
@@ -59,7 +59,14 @@ class SearchSweeper(Sweeper):
         check_node(self.config.sweep, Sweep, "sweep.", "sweep")
         dims = dimensions(sweep["space"])
         sampled_keys = {d.key for d in dims}
-        given = [a for a in arguments if a.split("=", 1)[0].lstrip("+~") not in sampled_keys]
+        fixed = [a for a in arguments if a.split("=", 1)[0].lstrip("+~") in sampled_keys]
+        if fixed:  # the drawn value would silently replace it
+            from dlrun.errors import UserError
+
+            key = fixed[0].split("=", 1)[0].lstrip("+~")
+            raise UserError(f"{fixed[0]}: sweep.space also samples {key}; drop {fixed[0]} to search it, or "
+                            f"drop the dimension with '~sweep.space.{key}' to fix it")
+        given = list(arguments)
         if not any(a.startswith("trainer.resume=") for a in given):
             given.append("trainer.resume=auto")  # a trial a kill cut short continues from its last.pt
         n_jobs = int(sweep["n_jobs"])
@@ -90,7 +97,7 @@ class SearchSweeper(Sweeper):
         if failed:
             print(f"dlrun train: {failed} of {len(trials)} trials failed; see {sweep_dir / 'sweep.json'}",
                   file=sys.stderr)
-            sys.exit(min(failed, 125))
+            sys.exit(1)  # as dlrun check's failed line: 2 stays a mistake on the command line
         return None
 
     def write_report(self, sweep_dir: Path, trials: list[list[str]]) -> int:
