@@ -230,3 +230,31 @@ def test_cnn_and_lstm_on_the_digits_reach_their_targets_with_the_defaults(tmp_pa
 def test_recurrent_models_read_digit_rows_and_train(tmp_path, model):
     summary = train(tmp_path, f"model={model}", "trainer.epochs=10")
     assert summary["test"]["acc"] > 0.8  # 10 epochs; the full 30-epoch figures are in the README
+
+
+def test_a_last_batch_of_one_sample_that_batchnorm_cannot_train_on_is_left_out(tmp_path, caplog):
+    """1,281 training digits (val_fraction 0.1092) in batches of 64 leave a last batch of 1, on which
+    BatchNorm1d sees one value per channel and torch raises mid-epoch: dlrun leaves it out, says so,
+    and sizes the schedule for 20 steps an epoch. A norm-free model, or a last batch of 2, keeps it."""
+    one_left = ("data.val_fraction=0.1092", "trainer.epochs=2", "trainer.checkpoint=false")
+    summary = train(tmp_path / "bn", "model.norm=batch", *one_left)
+    assert summary["status"] == "finished" and summary["steps"] == 2 * 20
+    assert "BatchNorm layer '2' would see one value per channel" in caplog.text
+    assert "holds 1 of the 1281 training samples (20 x 64 + 1)" in caplog.text
+    assert train(tmp_path / "plain", *one_left)["steps"] == 2 * 21
+    assert train(tmp_path / "two", "model.norm=batch", "data.val_fraction=0.1085", "trainer.epochs=1")["steps"] == 21
+
+
+def test_which_last_batches_batchnorm_cannot_train_on_under_ddp():
+    """The last batch's shards (tensor_split) hold 1 sample on some rank exactly when 0 < last < 2 x ranks."""
+    from dlrun.train.distributed import World
+    from dlrun.train.run import build_parts, last_batch_breaks_batchnorm
+    from tests.conftest import make_config
+
+    parts = build_parts(make_config("model.norm=batch", "data.batch_size=64")[0])  # 1294 = 20 x 64 + 14
+    n = len(parts.data.train)
+    for ranks in (1, 2, 4, 7, 8):
+        world = World(rank=0, size=ranks, local_rank=0, local_size=ranks)
+        sizes = [len(s) for s in torch.arange(n % 64).tensor_split(ranks)]
+        assert last_batch_breaks_batchnorm(parts.model, parts.data, world) == (1 in sizes), ranks
+    assert parts.model.training  # the probe left the model's mode as it was

@@ -54,9 +54,11 @@ def resolve_monitor(monitor: str, classification: bool) -> tuple[str, bool]:
     return monitor, MONITORS[monitor]
 
 
-def plan(n_train: int, batch_size: int, epochs: int, max_steps: int | None) -> tuple[int, int, int]:
-    """(steps per epoch, epochs, total steps); max_steps, when set, decides the other two."""
-    steps_per_epoch = math.ceil(n_train / batch_size)
+def plan(n_train: int, batch_size: int, epochs: int, max_steps: int | None,
+         drop_last: bool = False) -> tuple[int, int, int]:
+    """(steps per epoch, epochs, total steps); max_steps, when set, decides the other two.
+    drop_last: an epoch leaves out its last, partial batch."""
+    steps_per_epoch = n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
     if max_steps:
         epochs = math.ceil(max_steps / steps_per_epoch)
     return steps_per_epoch, epochs, max_steps or epochs * steps_per_epoch
@@ -97,7 +99,8 @@ class Trainer:
                  ema_decay: float | None = None, grad_clip_mode: str = "norm",
                  diagnostics: DiagnosticsSettings | None = None, checkpoint_every_steps: int | None = None,
                  augment: Augment | None = None, tta: str = "none", world: World = World(),
-                 channels_last: bool = False, compile: bool = False, compile_mode: str = "default"):
+                 channels_last: bool = False, compile: bool = False, compile_mode: str = "default",
+                 drop_last: bool = False):
         self.model, self.data, self.optimizer, self.scheduler = model, data, optimizer, scheduler
         # Under torchrun: DDP averages the ranks' gradients in backward. Training's forward goes
         # through the wrapper; evaluation, checkpoints and the diagnostics use the model itself.
@@ -121,7 +124,8 @@ class Trainer:
         self.sched_interval = sched_interval
         self.device, self.precision = device, precision
         self.max_steps, self.stop_at_epoch = max_steps, stop_at_epoch
-        self.steps_per_epoch, self.epochs, self.total_steps = plan(len(data.train), data.batch_size, epochs, max_steps)
+        self.steps_per_epoch, self.epochs, self.total_steps = plan(len(data.train), data.batch_size, epochs, max_steps,
+                                                                  drop_last)
         self.reg, self.grad_clip, self.grad_clip_mode = reg, grad_clip, grad_clip_mode
         self.classification = data.task == "classification"
         self.loss_fn = loss or build_loss("auto", data.task)
@@ -270,7 +274,7 @@ class Trainer:
         try:
             shard = (self.world.rank, self.world.size)
             for x, y in train.batches(batch_size, order, start=self.position, shard=shard):
-                if self._out_of_steps():
+                if self._out_of_steps() or self.position >= self.steps_per_epoch:  # (a dropped last batch)
                     break
                 if self._stopping():  # the step in flight has finished: save the position and stop
                     self.train_seconds += time.perf_counter() - started

@@ -17,6 +17,7 @@ from torch import nn
 from dlrun import __version__
 from dlrun.build import build, build_model
 from dlrun.config import number
+from dlrun.data import Data
 from dlrun.errors import UserError
 from dlrun.losses import Loss, build_loss, check_targets
 from dlrun.rundir import refuse_reuse
@@ -261,7 +262,9 @@ def build_trainer(parts: Parts, log_dir: Path | None, checkpoint_dir: Path | Non
     if isinstance(optimizer, torch.optim.LBFGS) and data.batch_size < len(data.train):
         log.warning(f"optim=lbfgs on minibatches ({data.batch_size} of {len(data.train)} samples): L-BFGS "
                     f"assumes one fixed objective; for full-batch L-BFGS pass data.batch_size={len(data.train)}")
-    _, epochs, total_steps = plan(len(data.train), data.batch_size, options["epochs"], options["max_steps"])
+    options["drop_last"] = last_batch_breaks_batchnorm(model, data, parts.world)
+    _, epochs, total_steps = plan(len(data.train), data.batch_size, options["epochs"], options["max_steps"],
+                                  options["drop_last"])
     _, maximize = resolve_monitor(options["monitor"], data.task == "classification")  # plateau's mode
     scheduler, interval = build_scheduler(cfg.sched, optimizer, epochs, total_steps, maximize=maximize)
     # Last: a setting the optimizer or schedule refuses leaves no tb/ folder behind.
@@ -271,6 +274,41 @@ def build_trainer(parts: Parts, log_dir: Path | None, checkpoint_dir: Path | Non
         options["ratio_every"] = 0  # rank 0 measures the update ratios: the weights are the same on every rank
     return Trainer(model, data, optimizer, scheduler, interval, device=parts.device, precision=parts.precision,
                    writer=writer, world=parts.world, **options)
+
+
+def last_batch_breaks_batchnorm(model: torch.nn.Module, data: Data, world: World) -> bool:
+    """Whether each epoch must leave out its last, partial batch: when it gives a process one
+    sample and a BatchNorm layer in training mode would then see one value per channel, which
+    torch refuses ("Expected more than 1 value per channel when training"), mid-run. A forward of
+    one sample in eval mode (no statistics, no random numbers used) finds such a layer."""
+    last = len(data.train) % data.batch_size
+    if not 0 < last < 2 * world.size:  # the last batch's smallest non-empty shard holds 2 or more samples
+        return False
+    modes = {module: module.training for module in model.modules()}
+    model.train()  # the modes training runs in (model.freeze pins frozen norm layers to eval)
+    norms = {m: name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training}
+    found: list[str] = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: found.append(norms[m]) if args[0].numel() == args[0].shape[1]
+                                         else None) for m in norms]
+    try:
+        if norms:
+            model.eval()
+            with torch.no_grad():
+                model(data.prepare(data.train.take(torch.arange(1))[0]))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, training in modes.items():
+            module.training = training
+    if not found:
+        return False
+    n, size = len(data.train), data.batch_size
+    who = "one of the processes" if world.distributed else "the model"
+    log.warning(f"each epoch's last batch holds {last} of the {n} training samples ({n // size} x {size} + {last}) and "
+                f"gives {who} 1 sample, on which BatchNorm layer {found[0]!r} would see one value per channel, "
+                f"which torch cannot train on: every epoch leaves that batch out (a data.batch_size that leaves "
+                f"{2 * world.size} or more in the last batch keeps it)")
+    return True
 
 
 def resume_auto(trainer: Trainer, run_dir: Path) -> Path | None:
