@@ -190,6 +190,23 @@ def test_the_shipped_slurm_launcher_config_composes():
     assert (full.hydra.launcher.array_parallelism, full.hydra.launcher.gpus_per_node) == (4, 1)
 
 
+@pytest.mark.parametrize("launcher, threads", [("parallel", True), ("submitit_local", True), ("slurm", False)])
+def test_parallel_trials_divide_this_machines_cores_but_not_a_clusters(launcher, threads, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from dlrun.paths import CONFIG_DIR
+    from dlrun.sweep.sweeper import SearchSweeper
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        full = compose("train", overrides=["sweep=random", f"hydra/launcher={launcher}", "sweep.n_jobs=4",
+                                           "sweep.n_trials=2"], return_hydra_config=True)
+    sweeper = SearchSweeper()
+    sweeper.config = full
+    for trial in sweeper.trials(["sweep=random"]):
+        assert ("trainer.threads=2" in trial) == threads and "trainer.resume=auto" in trial
+
+
 def test_report_into_a_pipe_its_reader_closed_ends_quietly(tmp_path):
     """`dlrun report DIR --json | head -1`: no BrokenPipeError traceback, exit 1 (as rich's tables)."""
     for i in range(400):  # enough trials that the JSON outgrows a pipe's buffer

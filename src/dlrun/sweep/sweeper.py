@@ -70,7 +70,10 @@ class SearchSweeper(Sweeper):
         if not any(a.startswith("trainer.resume=") for a in given):
             given.append("trainer.resume=auto")  # a trial a kill cut short continues from its last.pt
         n_jobs = int(sweep["n_jobs"])
-        if n_jobs > 1 and not any(a.startswith("trainer.threads=") for a in given):
+        # A cluster's launcher gives every trial a job of its own (its cpus_per_task): the cores of
+        # the machine that submits them are nobody's business.
+        on_this_machine = not str(self.config.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher")
+        if n_jobs > 1 and on_this_machine and not any(a.startswith("trainer.threads=") for a in given):
             # Trials sharing the machine divide its cores: two trials each using every core slow
             # each other down by up to 10x.
             given.append(f"trainer.threads={max(1, (os.cpu_count() or 1) // n_jobs)}")
