@@ -207,13 +207,33 @@ def test_parallel_trials_divide_this_machines_cores_but_not_a_clusters(launcher,
         assert ("trainer.threads=2" in trial) == threads and "trainer.resume=auto" in trial
 
 
+def fake_sweep(folder: Path, n: int) -> Path:
+    """A sweep directory as dlrun train -m sweep=random leaves it, without training: n trials over
+    two log-uniform dimensions, trial i scoring i / n."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "multirun.yaml").write_text("sweep:\n  space:\n    optim:\n      lr: loguniform(1e-5,1e-1)\n"
+                                          "      weight_decay: loguniform(1e-6,1e-2)\n")
+    for i in range(n):
+        (folder / str(i) / ".hydra").mkdir(parents=True)
+        (folder / str(i) / ".hydra" / "overrides.yaml").write_text(
+            f"- ++optim.lr={1e-3 * (i + 1)}\n- ++optim.weight_decay={1e-5 * (i + 1)}\n")
+        (folder / str(i) / "summary.json").write_text(json.dumps(
+            {"status": "finished", "best": {"monitor": "val/acc", "value": i / n}, "epochs": 1, "wall_s": 1.0}))
+    return folder
+
+
+def test_reports_suggestions_come_in_the_tables_order_in_every_process(tmp_path):
+    """Not in a set's order, which Python's string hashing changes from one process to the next."""
+    folder = fake_sweep(tmp_path / "sw", 6)
+    for seed in range(4):
+        out = subprocess.run([sys.executable, "-m", "dlrun", "report", str(folder), "--json"], capture_output=True,
+                             text=True, env={**os.environ, "PYTHONHASHSEED": str(seed)}, check=True).stdout
+        assert list(json.loads(out)["suggested"]) == ["optim.lr", "optim.weight_decay"], seed
+
+
 def test_report_into_a_pipe_its_reader_closed_ends_quietly(tmp_path):
     """`dlrun report DIR --json | head -1`: no BrokenPipeError traceback, exit 1 (as rich's tables)."""
-    for i in range(400):  # enough trials that the JSON outgrows a pipe's buffer
-        (tmp_path / str(i) / ".hydra").mkdir(parents=True)
-        (tmp_path / str(i) / ".hydra" / "overrides.yaml").write_text(f"- ++optim.lr={1e-3 * (i + 1)}\n")
-        (tmp_path / str(i) / "summary.json").write_text(json.dumps(
-            {"status": "finished", "best": {"monitor": "val/acc", "value": i / 400}, "epochs": 1, "wall_s": 1.0}))
+    fake_sweep(tmp_path, 400)  # enough trials that the JSON outgrows a pipe's buffer
     for args in (["--json"], []):
         reader = subprocess.Popen([sys.executable, "-m", "dlrun", "report", str(tmp_path), *args],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -186,7 +186,8 @@ def main(args: list[str]) -> None:
     folder, as_json, top = parse_args(args)
     trials = ranked(read_trials(folder))
     logs = log_dimensions(folder)
-    suggestions = {key: narrower(trials, key, top) for key in logs}
+    # in the table's column order (a set's order changes from one Python process to the next)
+    suggestions = {key: narrower(trials, key, top) for key in trials[0]["values"] if key in logs}
     best = trials[0] if trials[0]["value"] is not None else None
     if as_json:
         print(json.dumps({"trials": trials, "best_command": command(best) if best else None,
