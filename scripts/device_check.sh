@@ -4,14 +4,20 @@
 # small packages: they travel as wheels.
 #
 #   here, once:   echo /.whl/ >> .git/info/exclude && bash scripts/device_check.sh --fetch
-#   there:        device run, carry [".whl"], timeout_s 590:  bash scripts/device_check.sh [checks|bench|all]
+#   there:        device run, carry [".whl"], timeout_s 590:  bash scripts/device_check.sh [PART ...]
 #
-# "checks" (about 4 minutes): the CUDA tests and short CUDA trainings; "bench" (about 5): the
-# figures of docs/benchmarks.md; "all" (the default) both, which with a machine's start-up fills
-# most of a session's 15 device minutes: with less left, run "checks" first.
+# PARTs (all three when none is named), each step under its own time limit:
+#   bench   the figures of docs/benchmarks.md (issue 10's targets): bench_gpu.py eager and compiled,
+#           bench_data.py; about 5 minutes
+#   cifar   `dlrun train experiment=cifar10_fast` on synthetic CIFAR-10-shaped files (the machine has
+#           no internet): its wall time and images/s; about 3 minutes
+#   checks  the CUDA tests and short CUDA trainings; about 3 minutes
+# With a machine's start-up the three fill most of a session's 15 device minutes: with less
+# left, run "bench cifar" first and "checks" in a second call.
 #
-# Each step has its own time limit, so one that hangs costs only its share; everything it prints
-# also goes to $OUT/device_check.log, and bench_gpu.py's table to $OUT/bench_gpu.json.
+# A step that hangs costs only its share; everything printed also goes to $OUT/device_check.log,
+# bench_gpu.py's tables to $OUT/bench_gpu_*.json, the cifar10_fast summary to
+# $OUT/cifar10_fast_summary.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -34,20 +40,13 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH="/tmp/site:$REPO/src"
 step() { local limit=$1; shift; echo "=== $* (limit ${limit}s)"; local t0=$SECONDS; timeout "$limit" "$@"; echo "=== rc=$? in $((SECONDS - t0)) s"; }
 
-PART="${1:-all}"
+PARTS=" ${*:-bench cifar checks} "
+if [[ "$PARTS" == " all " ]]; then PARTS=" bench cifar checks "; fi
+has() { [[ "$PARTS" == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(), 'bf16', torch.cuda.is_bf16_supported())"
 mkdir -p /tmp/run && cd /tmp/run  # outputs/ lands here, not in the checkout
-if [[ "$PART" != bench ]]; then
-# the CUDA paths: the tests (the CUDA augmentation test runs there), a short training, its flags
-step 150 python3 -m pytest -q -x -p no:cacheprovider "$REPO/tests/test_augment.py" "$REPO/tests/test_speed_settings.py" \
-    "$REPO/tests/test_data.py" "$REPO/tests/test_train.py" -m "not slow"
-step 60 python3 -m dlrun train trainer.device=cuda trainer.epochs=3
-step 60 python3 -m dlrun train trainer.device=cuda model=lenet trainer.precision=fp16 trainer.channels_last=true trainer.epochs=2
-step 60 python3 -m dlrun train trainer.device=cuda data.on_device=false trainer.epochs=2
-step 90 python3 -m dlrun train trainer.device=cuda model=lenet trainer.compile=true trainer.epochs=2
-fi
-if [[ "$PART" != checks ]]; then
+if has bench; then
 # the speed figures of docs/benchmarks.md: every setting without compile, then resnet-18 compiled,
 # then (inside the second) dlrun's loop against a plain one in bf16 + channels_last + compile
 step 120 python3 "$REPO/scripts/bench_gpu.py" --steps 20 --warmup 5 --models resnet18 resnet18-224 vgg11 lenet \
@@ -55,5 +54,37 @@ step 120 python3 "$REPO/scripts/bench_gpu.py" --steps 20 --warmup 5 --models res
 step 240 python3 "$REPO/scripts/bench_gpu.py" --steps 20 --warmup 5 --models resnet18 --precisions 32 bf16 \
     --compile on --json "$OUT/bench_gpu_compiled.json"
 step 60 python3 "$REPO/scripts/bench_data.py"
+fi
+if has cifar; then
+# experiment=cifar10_fast as a user runs it, on random CIFAR-10-shaped pickles (50,000 + 10,000
+# images): the time is the real one, the accuracy chance's
+python3 - <<'PY'
+import pickle, pathlib
+import numpy as np
+root = pathlib.Path("/tmp/cifar/cifar-10-batches-py")
+root.mkdir(parents=True, exist_ok=True)
+rng = np.random.default_rng(0)
+for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    batch = {"data": rng.integers(0, 256, (10000, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, 10000).tolist()}
+    (root / name).write_bytes(pickle.dumps(batch))
+(root / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+PY
+# (CIFAR_OVERRIDES: more overrides, e.g. a CPU smoke test: trainer.device=cpu trainer.max_steps=2 trainer.compile=false)
+DLRUN_DATA=/tmp/cifar step 300 python3 -m dlrun train experiment=cifar10_fast hydra.run.dir=/tmp/run/cifar10_fast ${CIFAR_OVERRIDES:-}
+cp /tmp/run/cifar10_fast/summary.json "$OUT/cifar10_fast_summary.json" && python3 - <<'PY'
+import json
+s = json.load(open("/tmp/run/cifar10_fast/summary.json"))
+print(f"cifar10_fast: {s['status']}, {s['epochs']} epochs, {s['steps']} steps, wall {s['wall_s']:.1f} s, "
+      f"{s['samples_per_s']:,.0f} training images/s, precision {s['precision']}")
+PY
+fi
+if has checks; then
+# the CUDA paths: the tests (the CUDA augmentation test runs there), a short training, its flags
+step 150 python3 -m pytest -q -x -p no:cacheprovider "$REPO/tests/test_augment.py" "$REPO/tests/test_speed_settings.py" \
+    "$REPO/tests/test_data.py" "$REPO/tests/test_train.py" -m "not slow"
+step 60 python3 -m dlrun train trainer.device=cuda trainer.epochs=3
+step 60 python3 -m dlrun train trainer.device=cuda model=lenet trainer.precision=fp16 trainer.channels_last=true trainer.epochs=2
+step 60 python3 -m dlrun train trainer.device=cuda data.on_device=false trainer.epochs=2
+step 90 python3 -m dlrun train trainer.device=cuda model=lenet trainer.compile=true trainer.epochs=2
 fi
 echo "=== done"
