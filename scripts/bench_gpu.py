@@ -13,8 +13,8 @@ what dlrun's loop costs over a hand-written one.
    data with the same model, optimizer, precision and layout (gather, scale, normalise, step),
    in the same process. Each one's training steps per second in the epochs after the first (the
    first compiles and tunes), and dlrun / plain: 1.0 means the loop and its logging cost nothing.
-3. Host syncs (CUDA only). One more epoch of dlrun's Trainer in the same settings under CUDA's
-   sync debug mode: every operation that made the host wait for the GPU, by step. Only the
+3. Host syncs (CUDA only). One more epoch of dlrun's Trainer in the same settings (eager) under
+   CUDA's sync debug mode: every operation that made the host wait for the GPU, by step. Only the
    logger.every flushes (and the update-ratio steps, logger.ratio_every) should.
 
 Prints both tables and writes them as JSON (--json), with the device's name, torch's version
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime
 import json
 import statistics
@@ -189,8 +190,11 @@ def overhead(model: str, device: torch.device, precision: str, channels_last: bo
 
 
 def host_syncs(cfg) -> dict:
-    """One epoch of dlrun's Trainer, after one of warm-up (cudnn.benchmark, compile), under CUDA's
-    sync debug mode: how many times the host waited for the GPU, and at which steps."""
+    """One epoch of dlrun's Trainer, after one of warm-up (cudnn.benchmark), under CUDA's sync debug
+    mode: how many times the host waited for the GPU, and at which steps. Eager: the syncs are the
+    loop's, and a second compile here would cost more than the rest of the overhead run."""
+    cfg = copy.deepcopy(cfg)
+    cfg.trainer.compile = False
     trainer = build_trainer(build_parts(cfg), None)
     trainer.train_epoch()
     caught: list = []

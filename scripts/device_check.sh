@@ -12,8 +12,8 @@
 #   cifar   `dlrun train experiment=cifar10_fast` on synthetic CIFAR-10-shaped files (the machine has
 #           no internet): its wall time and images/s; about 3 minutes
 #   checks  the CUDA tests and short CUDA trainings; about 3 minutes
-# With a machine's start-up the three fill most of a session's 15 device minutes: with less
-# left, run "bench cifar" first and "checks" in a second call.
+# One device call runs at most 10 minutes, so make two: "bench cifar" (timeout_s 590), then
+# "checks"; with a machine's start-up they fill most of a session's 15 device minutes.
 #
 # A step that hangs costs only its share; everything printed also goes to $OUT/device_check.log,
 # bench_gpu.py's tables to $OUT/bench_gpu_*.json, the cifar10_fast summary to
