@@ -73,6 +73,16 @@ def test_two_ranks_write_one_run_directory_and_train_as_one_process_does(ddp_run
     assert summary["best"]["epoch"] == one["best"]["epoch"]
 
 
+def test_micro_batches_under_ddp_add_up_to_the_ranks_whole_shards(ddp_run, tmp_path):
+    """trainer.micro_batch_size=10 cuts each rank's 32 (or 7) samples in 4 (or 1) pieces, all-reducing
+    in the last one's backward only (no_sync before it): the same weights as the plain DDP run."""
+    result = run(torchrun(*RUN, "trainer.micro_batch_size=10", f"hydra.run.dir={tmp_path / 'micro'}"), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours, theirs = weights(tmp_path / "micro"), weights(ddp_run)
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-5, msg=name)
+
+
 def test_a_ddp_run_killed_after_epoch_1_resumes_with_torchrun_to_the_uninterrupted_result(ddp_run, tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(torchrun(*RUN, f"hydra.run.dir={run_dir}", "trainer.epochs=4"), cwd=tmp_path,

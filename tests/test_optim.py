@@ -128,6 +128,8 @@ def test_full_batch_lbfgs_beats_as_many_sgd_steps_on_logistic_regression(npz, tm
     (("optim=sgd", "+optim.foo=1"), "optim.foo: unknown key for torch.optim.SGD; its keys: _target_, _partial_, lr,"),
     (("optim=lbfgs", "trainer.precision=fp16"), "optim=lbfgs cannot run with trainer.precision=fp16"),
     (("optim=lbfgs", "trainer.grad_clip=1.0"), "optim=lbfgs cannot run with trainer.grad_clip=1"),
+    (("optim=lbfgs", "trainer.micro_batch_size=8"), "optim=lbfgs cannot run with trainer.micro_batch_size=8"),
+    (("trainer.micro_batch_size=0",), "trainer.micro_batch_size=0 must be an integer >= 1 or null"),
 ])
 def test_bad_values_fail_before_training_in_one_line(tmp_path, overrides, message):
     with pytest.raises(UserError) as error:

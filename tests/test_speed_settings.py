@@ -189,7 +189,8 @@ def host_reads_by_step(trainer) -> dict[int, int]:
      "trainer.ema_decay=0.99", "trainer.precision=bf16", "trainer.channels_last=true"),
     ("model=lstm", "data=digits_rows", "reg=label_smoothing", "augment=none", "trainer.grad_clip_mode=value",
      "trainer.grad_clip=0.5"),
-], ids=["defaults", "lenet-cutmix-ema-maxnorm-bf16", "lstm-smoothing-clip"])
+    ("trainer.micro_batch_size=24", "reg=l2"),
+], ids=["defaults", "lenet-cutmix-ema-maxnorm-bf16", "lstm-smoothing-clip", "micro-batches-l2"])
 def test_training_steps_read_nothing_back_between_the_logger_flushes(overrides):
     """The issue's "no host sync per step", shown on the CPU: between two `logger.every` flushes a
     training step hands no tensor value to Python, so a GPU runs ahead of the host. 21 steps of

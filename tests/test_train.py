@@ -240,7 +240,7 @@ def test_a_last_batch_of_one_sample_that_batchnorm_cannot_train_on_is_left_out(t
     summary = train(tmp_path / "bn", "model.norm=batch", *one_left)
     assert summary["status"] == "finished" and summary["steps"] == 2 * 20
     assert "BatchNorm layer '2' would see one value per channel" in caplog.text
-    assert "holds 1 of the 1281 training samples (20 x 64 + 1)" in caplog.text
+    assert "holds 1 of the 1281 training samples (20 x 64 + 1) and gives the model 1 sample" in caplog.text
     assert train(tmp_path / "plain", *one_left)["steps"] == 2 * 21
     assert train(tmp_path / "two", "model.norm=batch", "data.val_fraction=0.1085", "trainer.epochs=1")["steps"] == 21
 
@@ -258,3 +258,51 @@ def test_which_last_batches_batchnorm_cannot_train_on_under_ddp():
         sizes = [len(s) for s in torch.arange(n % 64).tensor_split(ranks)]
         assert last_batch_breaks_batchnorm(parts.model, parts.data, world) == (1 in sizes), ranks
     assert parts.model.training  # the probe left the model's mode as it was
+
+
+@pytest.mark.parametrize("samples, ranks, micro", [(64, 1, None), (14, 8, None), (64, 1, 16), (64, 1, 24),
+                                                   (63, 2, 5), (3, 2, 2), (7, 4, 1)])
+def test_piece_sizes_are_the_shards_and_micro_batches_the_trainer_cuts(samples, ranks, micro):
+    from dlrun.train.loop import Trainer, piece_sizes
+
+    trainer = Trainer.__new__(Trainer)  # _pieces needs only the setting
+    trainer.micro_batch_size = micro
+    cut = []
+    for shard in torch.arange(samples).tensor_split(ranks):
+        if len(shard):
+            cut += [len(x) for x, _, _ in trainer._pieces(shard, shard, None)]
+    assert piece_sizes(samples, ranks, micro) == cut and sum(cut) == samples
+    assert micro is None or max(cut) <= micro
+
+
+def test_micro_batches_of_one_sample_under_batchnorm_are_refused_in_one_line():
+    from dlrun.train.run import build_parts, build_trainer
+    from tests.conftest import make_config
+
+    with pytest.raises(UserError, match=r"^trainer.micro_batch_size=1 leaves pieces of 1 sample, on which BatchNorm "
+                                        r"layer '2' would see one value per channel.*use a larger trainer.micro_batch_size"):
+        build_trainer(build_parts(make_config("model.norm=batch", "trainer.micro_batch_size=1")[0]), None)
+    build_trainer(build_parts(make_config("trainer.micro_batch_size=1")[0]), None)  # no BatchNorm: fine
+
+
+def test_micro_batches_add_up_to_the_whole_batchs_step(tmp_path):
+    """trainer.micro_batch_size=24 computes each batch of 64 as 22 + 21 + 21 samples (the last, 14, whole):
+    with an L2 penalty (counted once a step), mixup and gradient clipping, the weights, the logged
+    training loss and the test loss are the whole-batch run's."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    common = ("reg=l2", "augment=mixup", "trainer.grad_clip=1.0", "trainer.epochs=2", "logger.every=5")
+    whole = train(tmp_path / "whole", *common)
+    pieces = train(tmp_path / "pieces", *common, "trainer.micro_batch_size=24")
+    ours, theirs = (checkpoint.load(tmp_path / run / "checkpoints" / "last.pt")["model"] for run in ("pieces", "whole"))
+    for name in theirs:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-5, msg=name)
+    assert pieces["test"]["loss"] == pytest.approx(whole["test"]["loss"], rel=1e-5)
+
+    def logged(run, tag):
+        events = EventAccumulator(str(tmp_path / run / "tb"))
+        events.Reload()
+        return [e.value for e in events.Scalars(tag)]
+
+    for tag in ("train/loss", "train/reg_loss", "train/acc", "grad_norm"):
+        assert logged("pieces", tag) == pytest.approx(logged("whole", tag), rel=1e-5), tag

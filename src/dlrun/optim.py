@@ -40,8 +40,11 @@ def build_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
         raise UserError(f"optim: {cfg.get('_target_')} refused its settings: {exc}") from None
 
 
-def check_closure_optimizer(precision: str, grad_clip: float | None) -> None:
+def check_closure_optimizer(precision: str, grad_clip: float | None, micro_batch_size: int | None = None) -> None:
     """L-BFGS (a closure-driven optimizer): what it cannot run with, in one line each."""
+    if micro_batch_size:
+        raise UserError(f"optim=lbfgs cannot run with trainer.micro_batch_size={micro_batch_size}: its line search "
+                        "re-evaluates the whole batch's loss many times a step; drop trainer.micro_batch_size")
     if precision == "fp16":
         raise UserError("optim=lbfgs cannot run with trainer.precision=fp16: fp16's GradScaler cannot wrap the "
                         "closure its line search re-evaluates; use trainer.precision=32 (or bf16)")

@@ -574,6 +574,7 @@ class Trainer:
     deterministic: bool = False
     epochs: int = setting(30, ge=1)
     max_steps: Optional[int] = setting(None, ge=1)
+    micro_batch_size: Optional[int] = setting(None, ge=1)
     seed: int = setting(0, **SEED)
     threads: Optional[int] = setting(None, ge=1)
     monitor: str = "auto"

@@ -64,6 +64,18 @@ def plan(n_train: int, batch_size: int, epochs: int, max_steps: int | None,
     return steps_per_epoch, epochs, max_steps or epochs * steps_per_epoch
 
 
+def piece_sizes(samples: int, ranks: int = 1, micro_batch_size: int | None = None) -> list[int]:
+    """The sizes of the pieces a batch of `samples` is computed in: each rank's shard, and with
+    trainer.micro_batch_size each shard's micro-batches (both tensor_split, as Split.batches and
+    Trainer._pieces cut them); empty shards left out."""
+    def split(n: int, parts: int) -> list[int]:
+        q, r = divmod(n, parts)
+        return [q + 1] * r + [q] * (parts - r)
+
+    return [piece for shard in split(samples, ranks) if shard
+            for piece in split(shard, math.ceil(shard / micro_batch_size) if micro_batch_size else 1)]
+
+
 Mix = tuple[torch.Tensor, float]  # mixup/cutmix: the second targets and the first's weight lam
 
 TTA = ("none", "flip")
@@ -100,16 +112,18 @@ class Trainer:
                  diagnostics: DiagnosticsSettings | None = None, checkpoint_every_steps: int | None = None,
                  augment: Augment | None = None, tta: str = "none", world: World = World(),
                  channels_last: bool = False, compile: bool = False, compile_mode: str = "default",
-                 drop_last: bool = False):
+                 drop_last: bool = False, micro_batch_size: int | None = None):
         self.model, self.data, self.optimizer, self.scheduler = model, data, optimizer, scheduler
         # Under torchrun: DDP averages the ranks' gradients in backward. Training's forward goes
         # through the wrapper; evaluation, checkpoints and the diagnostics use the model itself.
         self.world = world
         self.train_model = model
+        self.ddp = None  # the DistributedDataParallel wrapper (its no_sync holds back all but a step's last all-reduce)
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.train_model = self.ddp = DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
         # trainer.compile: training and evaluation run compiled modules (never the DDP wrapper for
         # evaluation: its forward may sync buffers, and ranks evaluate different numbers of batches).
         # A diagnostics step runs eagerly (eager_model): its hooks would make the compiled graph recompile.
@@ -168,7 +182,9 @@ class Trainer:
         # L-BFGS re-evaluates the loss inside its step: it gets a closure (see _closure_step).
         self.closure_step = isinstance(optimizer, torch.optim.LBFGS)
         if self.closure_step:
-            check_closure_optimizer(precision, grad_clip)
+            check_closure_optimizer(precision, grad_clip, micro_batch_size)
+        self.micro_batch_size = micro_batch_size  # trainer.micro_batch_size: see _pieces
+        self.split_step = False  # inside a step computed in several pieces (their losses: shares of the batch's)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
         # The shuffle order has its own generator, so it is saved and restored with the run.
@@ -370,51 +386,66 @@ class Trainer:
         if log_now:
             self._flush(grad_norm)
 
-    def forward_loss(self, x: torch.Tensor, y: torch.Tensor, diagnose: bool = False,
-                     mix: Mix | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward_loss(self, x: torch.Tensor, y: torch.Tensor, diagnose: bool = False, mix: Mix | None = None,
+                     penalize: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The model's output, the loss to minimise (data loss + penalty) and the penalty alone,
-        as training computes them; with `diagnose`, the diagnostics hook this forward only."""
+        as training computes them; with `diagnose`, the diagnostics hook this forward only;
+        without `penalize`, no penalty (a step's later micro-batches: it counts once a step)."""
         if diagnose:
             self.diagnostics.start()
             try:
-                return self._forward(x, y, mix, eager=True)
+                return self._forward(x, y, mix, eager=True, penalize=penalize)
             finally:
                 self.diagnostics.stop()
-        return self._forward(x, y, mix)
+        return self._forward(x, y, mix, penalize=penalize)
 
-    def _forward(self, x: torch.Tensor, y: torch.Tensor, mix: Mix | None = None,
-                 eager: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _forward(self, x: torch.Tensor, y: torch.Tensor, mix: Mix | None = None, eager: bool = False,
+                 penalize: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         with self.autocast():
             out = (self.eager_model if eager else self.train_model)(x)
             data_loss = self._data_loss(out.float(), y)
             if mix is not None:  # mixup/cutmix: cross-entropy is linear in the target distribution
                 y2, lam = mix
                 data_loss = lam * data_loss + (1 - lam) * self._data_loss(out.float(), y2)
-        if not self.weights:
+        if not self.weights or not penalize:
             return out, data_loss, None
         reg_loss = penalty(self.weights, self.reg.l2, self.reg.l1)
         return out, data_loss + reg_loss, reg_loss
 
     def _data_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The batch's mean loss; under DDP this shard's sum over 1/ranks of the global batch's count,
-        so that DDP's mean of the ranks' gradients is the global batch's (shards may differ in size)."""
-        if not self.world.distributed:
+        so that DDP's mean of the ranks' gradients is the global batch's (shards may differ in size).
+        A micro-batch's, likewise: the gradients its pieces add up are the whole batch's."""
+        if not self.world.distributed and not self.split_step:
             return self.loss_fn(out, y)
         return self.loss_fn.shard_mean(out, y, self.batch_samples, self.world.size)
 
     def _gradient_step(self, x: torch.Tensor, y: torch.Tensor, measure_ratio: bool, log_now: bool,
                        diagnose: bool = False,
                        mix: Mix | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Forward, backward, (unscale, clip,) step: every optimizer but L-BFGS."""
-        out, loss, reg_loss = self.forward_loss(x, y, diagnose, mix)
-        if reg_loss is not None:
-            self.window_reg.append(reg_loss.detach())
-
+        """Forward, backward (per micro-batch), (unscale, clip,) step: every optimizer but L-BFGS."""
         self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
+        pieces = self._pieces(x, y, mix)
+        outs, losses = [], []
+        self.split_step = len(pieces) > 1
+        try:
+            for i, (x_i, y_i, mix_i) in enumerate(pieces):
+                # DDP all-reduces the gradients in the last piece's backward only, once they all add up
+                holding_back = self.ddp is not None and i < len(pieces) - 1
+                with self.ddp.no_sync() if holding_back else contextlib.nullcontext():
+                    out, loss, reg_loss = self.forward_loss(x_i, y_i, diagnose and i == 0, mix_i, penalize=i == 0)
+                    if self.scaler is not None:
+                        self.scaler.scale(loss).backward()
+                    else:
+                        loss.backward()
+                if reg_loss is not None:
+                    self.window_reg.append(reg_loss.detach())
+                outs.append(out.detach())
+                losses.append(loss.detach())
+        finally:
+            split, self.split_step = self.split_step, False
+        if split:  # the step's output and loss: the whole batch's (each piece's loss is its share of it)
+            out, loss = torch.cat(outs), torch.stack(losses).sum()
         grad_norm = None
         if self.grad_clip or log_now or diagnose:
             if self.scaler is not None:
@@ -437,6 +468,15 @@ class Trainer:
         if measure_ratio:
             self._log_ratios()
         return out, loss, grad_norm
+
+    def _pieces(self, x: torch.Tensor, y: torch.Tensor, mix: Mix | None) -> list[tuple]:
+        """trainer.micro_batch_size=M: the batch in ceil(n / M) near-equal parts (tensor_split), each
+        computed alone, so that a step holds one part's activations at a time (gradient accumulation)."""
+        parts = math.ceil(len(y) / self.micro_batch_size) if self.micro_batch_size else 1
+        if parts <= 1:
+            return [(x, y, mix)]
+        mixes = [(y2, mix[1]) for y2 in mix[0].tensor_split(parts)] if mix is not None else [None] * parts
+        return list(zip(x.tensor_split(parts), y.tensor_split(parts), mixes))
 
     def _closure_step(self, x: torch.Tensor, y: torch.Tensor, measure_ratio: bool, log_now: bool,
                       diagnose: bool = False,

@@ -29,7 +29,7 @@ from dlrun.optim import (build_optimizer, build_scheduler, check_closure_optimiz
 from dlrun.train import checkpoint, distributed
 from dlrun.train.distributed import World
 from dlrun.train.interrupt import catch_signals, preemption_signal
-from dlrun.train.loop import Trainer, plan, resolve_monitor
+from dlrun.train.loop import Trainer, piece_sizes, plan, resolve_monitor
 
 log = logging.getLogger("dlrun")
 
@@ -166,7 +166,7 @@ def build_parts(cfg: DictConfig, world: World = World()) -> Parts:
     if uses_closure(cfg.optim):  # L-BFGS
         if str(t.precision) == "auto":  # its line search compares losses that bf16 rounds to 3 digits
             precision = "32"
-        check_closure_optimizer(precision, grad_clip)
+        check_closure_optimizer(precision, grad_clip, settings["micro_batch_size"])
     set_determinism(bool(OmegaConf.select(cfg, "trainer.deterministic", default=False)), device)
     if precision == "fp16" and device.type == "cpu":
         log.warning("trainer.precision=fp16 on the CPU runs, through CPU autocast and a GradScaler, but several "
@@ -231,6 +231,7 @@ def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
         channels_last=bool(OmegaConf.select(cfg, "trainer.channels_last", default=False)),
         compile=bool(OmegaConf.select(cfg, "trainer.compile", default=False)),
         compile_mode=str(OmegaConf.select(cfg, "trainer.compile_mode", default="default")),
+        micro_batch_size=number(cfg, "trainer.micro_batch_size", int, 1, optional=True),
     )
 
 
@@ -262,7 +263,7 @@ def build_trainer(parts: Parts, log_dir: Path | None, checkpoint_dir: Path | Non
     if isinstance(optimizer, torch.optim.LBFGS) and data.batch_size < len(data.train):
         log.warning(f"optim=lbfgs on minibatches ({data.batch_size} of {len(data.train)} samples): L-BFGS "
                     f"assumes one fixed objective; for full-batch L-BFGS pass data.batch_size={len(data.train)}")
-    options["drop_last"] = last_batch_breaks_batchnorm(model, data, parts.world)
+    options["drop_last"] = last_batch_breaks_batchnorm(model, data, parts.world, options["micro_batch_size"])
     _, epochs, total_steps = plan(len(data.train), data.batch_size, options["epochs"], options["max_steps"],
                                   options["drop_last"])
     _, maximize = resolve_monitor(options["monitor"], data.task == "classification")  # plateau's mode
@@ -276,14 +277,38 @@ def build_trainer(parts: Parts, log_dir: Path | None, checkpoint_dir: Path | Non
                    writer=writer, world=parts.world, **options)
 
 
-def last_batch_breaks_batchnorm(model: torch.nn.Module, data: Data, world: World) -> bool:
-    """Whether each epoch must leave out its last, partial batch: when it gives a process one
-    sample and a BatchNorm layer in training mode would then see one value per channel, which
-    torch refuses ("Expected more than 1 value per channel when training"), mid-run. A forward of
-    one sample in eval mode (no statistics, no random numbers used) finds such a layer."""
-    last = len(data.train) % data.batch_size
-    if not 0 < last < 2 * world.size:  # the last batch's smallest non-empty shard holds 2 or more samples
+def last_batch_breaks_batchnorm(model: torch.nn.Module, data: Data, world: World,
+                                micro_batch_size: int | None = None) -> bool:
+    """Whether each epoch must leave out its last, partial batch: when it gives a process (or a
+    micro-batch) one sample and a BatchNorm layer in training mode would then see one value per
+    channel, which torch refuses mid-run ("Expected more than 1 value per channel when training").
+    Full batches cut that small cannot be left out: that is one line and exit 2."""
+    n, size = len(data.train), data.batch_size
+    full = piece_sizes(size, world.size, micro_batch_size) if n >= size else []
+    last = piece_sizes(n % size, world.size, micro_batch_size)
+    if 1 not in full + last:
         return False
+    layer = batchnorm_on_one_sample(model, data)
+    if layer is None:
+        return False
+    if 1 in full:
+        what, fix = ((f"trainer.micro_batch_size={micro_batch_size}", "a larger trainer.micro_batch_size")
+                     if micro_batch_size else (f"data.batch_size={size} over {world.size} processes",
+                                               "a larger data.batch_size"))
+        raise UserError(f"{what} leaves pieces of 1 sample, on which BatchNorm layer {layer!r} would see one value "
+                        f"per channel, which torch cannot train on; use {fix} (2 or more samples in every piece)")
+    who = "a micro-batch of" if micro_batch_size else "a process" if world.distributed else "the model"
+    log.warning(f"each epoch's last batch holds {n % size} of the {n} training samples ({n // size} x {size} + "
+                f"{n % size}) and gives {who} 1 sample, on which BatchNorm layer {layer!r} would see one value per "
+                f"channel, which torch cannot train on: every epoch leaves that batch out (a data.batch_size that "
+                f"divides {n}, or leaves a larger last batch, keeps it)")
+    return True
+
+
+def batchnorm_on_one_sample(model: torch.nn.Module, data: Data) -> str | None:
+    """The first BatchNorm layer that, in training, would see one value per channel in a batch of
+    one sample; None if none would. A forward of one training sample in eval mode finds it (no
+    statistics change, no random numbers are drawn), the modules' modes restored after it."""
     modes = {module: module.training for module in model.modules()}
     model.train()  # the modes training runs in (model.freeze pins frozen norm layers to eval)
     norms = {m: name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training}
@@ -300,15 +325,7 @@ def last_batch_breaks_batchnorm(model: torch.nn.Module, data: Data, world: World
             hook.remove()
         for module, training in modes.items():
             module.training = training
-    if not found:
-        return False
-    n, size = len(data.train), data.batch_size
-    who = "one of the processes" if world.distributed else "the model"
-    log.warning(f"each epoch's last batch holds {last} of the {n} training samples ({n // size} x {size} + {last}) and "
-                f"gives {who} 1 sample, on which BatchNorm layer {found[0]!r} would see one value per channel, "
-                f"which torch cannot train on: every epoch leaves that batch out (a data.batch_size that leaves "
-                f"{2 * world.size} or more in the last batch keeps it)")
-    return True
+    return found[0] if found else None
 
 
 def resume_auto(trainer: Trainer, run_dir: Path) -> Path | None:
@@ -387,8 +404,12 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
         counted = f"{n_params:,} parameters" + (f", {n_trainable:,} trainable" if n_trainable != n_params else "")
         ddp = f" x {parts.world.size} processes (DDP, {data.batch_size // parts.world.size} samples each a step)" \
             if parts.world.distributed else ""
+        pieces = piece_sizes(data.batch_size, parts.world.size, trainer.micro_batch_size)
+        each = " per process" if parts.world.distributed else ""
+        micro = (f", {len(pieces) // parts.world.size} micro-batches of <= {max(pieces)} a step{each}"
+                 if len(pieces) > parts.world.size else "")
         log.info(f"model {type(model).__name__} ({counted}) on {device}{ddp}, precision {precision}, "
-                 f"{trainer.epochs} epochs x {trainer.steps_per_epoch} steps")
+                 f"{trainer.epochs} epochs x {trainer.steps_per_epoch} steps{micro}")
         if auto:
             resume_path = resume_auto(trainer, run_dir)
         elif resume_path is not None:
