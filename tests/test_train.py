@@ -261,18 +261,21 @@ def test_which_last_batches_batchnorm_cannot_train_on_under_ddp():
 
 
 @pytest.mark.parametrize("samples, ranks, micro", [(64, 1, None), (14, 8, None), (64, 1, 16), (64, 1, 24),
-                                                   (63, 2, 5), (3, 2, 2), (7, 4, 1)])
+                                                   (63, 2, 5), (3, 2, 2), (7, 4, 1), (9, 2, 4), (5, 2, 4)])
 def test_piece_sizes_are_the_shards_and_micro_batches_the_trainer_cuts(samples, ranks, micro):
+    from dlrun.train.distributed import World
     from dlrun.train.loop import Trainer, piece_sizes
 
-    trainer = Trainer.__new__(Trainer)  # _pieces needs only the setting
-    trainer.micro_batch_size = micro
-    cut = []
+    trainer = Trainer.__new__(Trainer)  # _pieces needs only these
+    trainer.micro_batch_size, trainer.batch_samples, trainer.world = micro, samples, World(size=ranks)
+    cut, counts = [], set()
     for shard in torch.arange(samples).tensor_split(ranks):
-        if len(shard):
-            cut += [len(x) for x, _, _ in trainer._pieces(shard, shard, None)]
+        pieces = trainer._pieces(shard, shard, None)
+        counts.add(len(pieces))
+        cut += [len(x) for x, _, _ in pieces if len(x)]
     assert piece_sizes(samples, ranks, micro) == cut and sum(cut) == samples
     assert micro is None or max(cut) <= micro
+    assert len(counts) == 1  # as many forwards on every rank (SyncBatchNorm's forward communicates)
 
 
 def test_micro_batches_of_one_sample_under_batchnorm_are_refused_in_one_line():

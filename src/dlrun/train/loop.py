@@ -64,16 +64,22 @@ def plan(n_train: int, batch_size: int, epochs: int, max_steps: int | None,
     return steps_per_epoch, epochs, max_steps or epochs * steps_per_epoch
 
 
+def micro_batches(samples: int, ranks: int, micro_batch_size: int | None) -> int:
+    """How many pieces every rank computes a global batch of `samples` in: enough for the largest
+    shard to fit micro_batch_size, the same number on every rank (SyncBatchNorm's forward
+    communicates, so the ranks must run as many forwards)."""
+    return math.ceil(math.ceil(samples / ranks) / micro_batch_size) if micro_batch_size else 1
+
+
 def piece_sizes(samples: int, ranks: int = 1, micro_batch_size: int | None = None) -> list[int]:
-    """The sizes of the pieces a batch of `samples` is computed in: each rank's shard, and with
-    trainer.micro_batch_size each shard's micro-batches (both tensor_split, as Split.batches and
-    Trainer._pieces cut them); empty shards left out."""
+    """The sizes of the non-empty pieces a batch of `samples` is computed in: each rank's shard
+    cut in micro_batches (both tensor_split, as Split.batches and Trainer._pieces cut them)."""
     def split(n: int, parts: int) -> list[int]:
         q, r = divmod(n, parts)
         return [q + 1] * r + [q] * (parts - r)
 
-    return [piece for shard in split(samples, ranks) if shard
-            for piece in split(shard, math.ceil(shard / micro_batch_size) if micro_batch_size else 1)]
+    parts = micro_batches(samples, ranks, micro_batch_size)
+    return [piece for shard in split(samples, ranks) for piece in split(shard, parts) if piece]
 
 
 Mix = tuple[torch.Tensor, float]  # mixup/cutmix: the second targets and the first's weight lam
@@ -470,9 +476,9 @@ class Trainer:
         return out, loss, grad_norm
 
     def _pieces(self, x: torch.Tensor, y: torch.Tensor, mix: Mix | None) -> list[tuple]:
-        """trainer.micro_batch_size=M: the batch in ceil(n / M) near-equal parts (tensor_split), each
-        computed alone, so that a step holds one part's activations at a time (gradient accumulation)."""
-        parts = math.ceil(len(y) / self.micro_batch_size) if self.micro_batch_size else 1
+        """trainer.micro_batch_size=M: this rank's batch in near-equal parts of at most M (tensor_split),
+        each computed alone, so that a step holds one part's activations at a time (gradient accumulation)."""
+        parts = micro_batches(self.batch_samples, self.world.size, self.micro_batch_size)
         if parts <= 1:
             return [(x, y, mix)]
         mixes = [(y2, mix[1]) for y2 in mix[0].tensor_split(parts)] if mix is not None else [None] * parts
