@@ -301,6 +301,7 @@ def test_micro_batches_add_up_to_the_whole_batchs_step(tmp_path):
     for name in theirs:
         torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-5, msg=name)
     assert pieces["test"]["loss"] == pytest.approx(whole["test"]["loss"], rel=1e-5)
+    assert pieces["hparams"]["trainer.micro_batch_size"] == 24  # in the HParams tab, as the other trainer settings
 
     def logged(run, tag):
         events = EventAccumulator(str(tmp_path / run / "tb"))

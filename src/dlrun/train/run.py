@@ -113,7 +113,7 @@ def hyperparameters(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
     for group in ("model", "init", "reg", "loss", "optim", "sched", "augment"):
         params.update(flatten(tree.get(group) or {}, f"{group}."))
     for key in ("data.batch_size", "data.preprocess", "trainer.epochs", "trainer.max_steps", "trainer.seed",
-                "trainer.precision", "trainer.channels_last", "trainer.compile"):
+                "trainer.precision", "trainer.channels_last", "trainer.compile", "trainer.micro_batch_size"):
         group, name = key.split(".")
         value = tree[group].get(name)
         params[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
