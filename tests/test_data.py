@@ -104,3 +104,19 @@ def test_npz_with_pickled_objects_is_refused_without_unpickling(npz):
     objects = np.array([{"a": 1}] * 20, dtype=object)
     with pytest.raises(UserError, match="without pickle"):
         ArrayData(str(npz(x_train=objects, y_train=y, x_test=x, y_test=y)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_batches_gathered_in_pinned_host_memory_reach_the_gpu_intact():
+    """data.on_device=false on a GPU: the split stays in pinned host memory; each shuffled batch is
+    gathered, pinned and copied asynchronously (Split.take), and arrives as stored."""
+    from dlrun.data.base import Split
+
+    x = torch.randint(0, 256, (100, 1, 8, 8), dtype=torch.uint8)
+    y = torch.randint(0, 10, (100,))
+    split = Split(x.clone(), y.clone())
+    split.place(torch.device("cuda"), on_device=False)
+    assert split.x.is_pinned() and not split.x.is_cuda
+    order = torch.randperm(100)
+    for (bx, by), index in zip(split.batches(32, order), order.split(32)):
+        assert bx.is_cuda and torch.equal(bx.cpu(), x[index]) and torch.equal(by.cpu(), y[index])

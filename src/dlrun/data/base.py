@@ -52,8 +52,12 @@ class Split:
         """x[index], y[index] on the training device, x still as stored."""
         if isinstance(index, torch.Tensor):
             index = index.to(self.x.device)
-        return (self.x[index].to(self.device, non_blocking=True),
-                self.y[index].to(self.device, non_blocking=True))
+        x, y = self.x[index], self.y[index]
+        if self.device.type == "cuda" and not x.is_cuda and not x.is_pinned():
+            # A gather from pinned memory is a new, pageable tensor, whose copy would make the host
+            # wait: pin it (torch's caching host allocator, as DataLoader's pin_memory does).
+            x, y = x.pin_memory(), y.pin_memory()
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def batches(self, batch_size: int, order: torch.Tensor | None = None, start: int = 0,
                 shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
