@@ -186,8 +186,9 @@ def main(args: list[str]) -> None:
     folder, as_json, top = parse_args(args)
     trials = ranked(read_trials(folder))
     logs = log_dimensions(folder)
-    # in the table's column order (a set's order changes from one Python process to the next)
-    suggestions = {key: narrower(trials, key, top) for key in trials[0]["values"] if key in logs}
+    # in the table's column order, then by name (a set's order changes from one process to the next)
+    keys = [key for key in trials[0]["values"] if key in logs] + sorted(logs - set(trials[0]["values"]))
+    suggestions = {key: narrower(trials, key, top) for key in keys}
     best = trials[0] if trials[0]["value"] is not None else None
     if as_json:
         print(json.dumps({"trials": trials, "best_command": command(best) if best else None,
