@@ -58,7 +58,20 @@ MODELS = {
 # the same models as dlrun configs, for the overhead run
 OVERRIDES = {"resnet18": ["model=resnet", "model.depth=18"], "resnet18-224": ["model=resnet", "model.depth=18"],
              "vgg11": ["model=vgg", "model.depth=11"], "lenet": ["model=lenet"]}
-AMP = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# "32" is what dlrun runs in fp32 on a GPU: TF32 tensor cores for matmuls and convolutions (torch's
+# and dlrun's default); "32-strict" turns TF32 off, the IEEE fp32 that papers' "fp32" often means.
+AMP = {"32": None, "32-strict": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    """TF32 on or off for matmuls and cuDNN convolutions, as it was afterwards."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def sync(device: torch.device) -> None:
@@ -105,14 +118,15 @@ def throughput(name: str, device: torch.device, precision: str, channels_last: b
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    step = step_fn(model, device, precision, compiled)
-    for _ in range(warmup):
-        step(x, y)
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(x, y)
-    sync(device)
+    with tf32(precision != "32-strict"):
+        step = step_fn(model, device, precision, compiled)
+        for _ in range(warmup):
+            step(x, y)
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step(x, y)
+        sync(device)
     return steps * batch / (time.perf_counter() - start)
 
 
@@ -228,7 +242,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--steps", type=int, default=30, help="timed steps per setting")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (cudnn.benchmark, compile)")
-    parser.add_argument("--precisions", nargs="*", default=["32", "bf16", "fp16"], choices=list(AMP))
+    parser.add_argument("--precisions", nargs="*", default=list(AMP), choices=list(AMP),
+                        help="32: fp32 with TF32 (dlrun's fp32 on a GPU); 32-strict: TF32 off")
     parser.add_argument("--compile", default="both", choices=["off", "on", "both"],
                         help="the throughput settings without torch.compile, with it, or both")
     parser.add_argument("--no-compile", action="store_true", help="no torch.compile anywhere (the overhead run too)")
@@ -287,7 +302,11 @@ def main() -> None:
               f"{syncs['steps_with_syncs']}")
     cifar = {(r["precision"], r["channels_last"], r["compile"]): r["images_per_s"] for r in rows if r["model"] == "resnet18"}
     if ("bf16", True, False) in cifar:
-        print(f"resnet18 3x32x32: bf16 + channels_last / fp32 = {cifar[('bf16', True, False)] / cifar[('32', False, False)]:.2f}x")
+        fast = cifar[("bf16", True, False)]
+        against = [f"fp32 = {fast / cifar[('32', False, False)]:.2f}x"]
+        if ("32-strict", False, False) in cifar:
+            against.append(f"fp32 without TF32 = {fast / cifar[('32-strict', False, False)]:.2f}x")
+        print(f"resnet18 3x32x32: bf16 + channels_last / {', / '.join(against)}")
     table = {"device": name, "torch": torch.__version__, "date": str(datetime.date.today()),
              "steps": args.steps, "warmup": args.warmup, "throughput": rows, "overhead": result}
     if args.json:
