@@ -3,8 +3,9 @@ what dlrun's loop costs over a hand-written one.
 
 1. Throughput. Training steps (forward, loss, backward, SGD with momentum) on synthetic batches
    already on the device, for resnet-18 at CIFAR's 32x32 (batch 512) and at 224x224 (batch 128),
-   vgg-11 at 32x32 (batch 512) and LeNet-5 at 32x32 (batch 512), each at fp32, bf16 and fp16
-   (autocast; fp16 with a GradScaler), with and without channels_last and torch.compile. The
+   vgg-11 at 32x32 (batch 512) and LeNet-5 at 32x32 (batch 512), each at fp32 (with TF32, and
+   strict: TF32 off), bf16 and fp16 (autocast; fp16 with a GradScaler), with and without
+   channels_last and torch.compile. The
    first steps (cudnn.benchmark's trials, the compile) are warm-up and not timed; the timed
    steps end with one synchronize. Images/s, and the ratio to the same model's plain fp32.
 2. Overhead. `dlrun train` (its real loop: TensorBoard scalars every logger.every steps, update
