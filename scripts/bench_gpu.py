@@ -212,20 +212,18 @@ def host_syncs(cfg) -> dict:
     cfg.trainer.compile = False
     trainer = build_trainer(build_parts(cfg), None)
     trainer.train_epoch()
-    caught: list = []
     by_step: dict[int, int] = {}
-    step = trainer.train_step
-
-    def counted_step(*args):
-        before = len(caught)
-        step(*args)
-        if len(caught) > before:
-            by_step[trainer.step] = len(caught) - before
-
-    trainer.train_step = counted_step
-    first = trainer.step
-    with warnings.catch_warnings(record=True) as caught:
+    step, first = trainer.train_step, trainer.step
+    with warnings.catch_warnings(record=True) as caught:  # each sync warns once, into `caught`
         warnings.simplefilter("always")
+
+        def counted_step(*args):
+            before = len(caught)
+            step(*args)
+            if len(caught) > before:
+                by_step[trainer.step] = len(caught) - before
+
+        trainer.train_step = counted_step
         torch.cuda.set_sync_debug_mode("warn")
         try:
             trainer.train_epoch()

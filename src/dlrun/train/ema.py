@@ -29,8 +29,9 @@ class EMA(AveragedModel):
             self.updates = int(self.n_averaged)  # the one read back, at the first update after a load
         averaged = [*self.module.parameters(), *self.module.buffers()]
         current = [t.detach() for t in (*model.parameters(), *model.buffers())]
-        if self.updates == 0:
-            torch._foreach_copy_([a.detach() for a in averaged], current)
+        if self.updates == 0:  # as AveragedModel: the first update copies
+            for a, c in zip(averaged, current, strict=True):
+                a.detach().copy_(c)
         else:
             groups = defaultdict(lambda: ([], []))  # foreach kernels want one dtype per list
             for a, c in zip(averaged, current, strict=True):
