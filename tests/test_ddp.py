@@ -1,4 +1,7 @@
-"""Data-parallel training on the CPU with gloo: torchrun's 2 processes against one process."""
+"""Data-parallel training on the CPU with gloo: torchrun's 2 processes against one process.
+
+Every run here says trainer.device=cpu: on a machine with one GPU, auto would put both ranks on
+it, which dlrun refuses (2 processes, 1 GPU), and the suite must pass there too."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from dlrun.train.distributed import World, rank_overrides, shared_run_dir
 from dlrun.train.run import check_world
 
 # mlp on digits, no dropout: 1294 training samples, so each epoch ends with a batch of 14 (7 per rank).
-RUN = ["model=mlp", "reg=none", "data.batch_size=64", "trainer.epochs=4", "trainer.seed=3", "logger.every=5"]
+RUN = ["trainer.device=cpu", "model=mlp", "reg=none", "data.batch_size=64", "trainer.epochs=4", "trainer.seed=3", "logger.every=5"]
 # One thread per rank, as torchrun sets; a free port per launch.
 ENV = {"OMP_NUM_THREADS": "1", "COLUMNS": "120"}
 
@@ -108,7 +111,7 @@ def test_a_ddp_run_killed_after_epoch_1_resumes_with_torchrun_to_the_uninterrupt
 
 
 def test_a_global_batch_the_processes_do_not_divide_fails_before_training_in_one_line(tmp_path):
-    result = dlrun("train", "trainer.devices=2", "data.batch_size=33", f"hydra.run.dir={tmp_path / 'r'}",
+    result = dlrun("train", "trainer.devices=2", "trainer.device=cpu", "data.batch_size=33", f"hydra.run.dir={tmp_path / 'r'}",
                    cwd=tmp_path, env=ENV)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -188,7 +191,7 @@ def test_sync_bn_turns_every_batchnorm_into_syncbatchnorm_under_ddp():
 
     threads = torch.get_num_threads()
     try:  # build_parts gives each of the ranks on a machine its share of the cores
-        cfg, _ = make_config("model=resnet", "trainer.sync_bn=true")
+        cfg, _ = make_config("model=resnet", "trainer.sync_bn=true", "trainer.device=cpu")
         parts = build_parts(cfg, World(rank=0, size=2, local_size=2))
         plain = build_parts(cfg)  # alone: BatchNorm stays
     finally:
@@ -199,3 +202,17 @@ def test_sync_bn_turns_every_batchnorm_into_syncbatchnorm_under_ddp():
     # the same parameters and initial values: the conversion keeps them
     for (name, a), (_, b) in zip(parts.model.state_dict().items(), plain.model.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_more_ranks_on_a_machine_than_its_gpus_are_refused_in_one_line(monkeypatch):
+    """What the H200 showed (2026-12-04): with one GPU, two ranks under trainer.device=auto both
+    want it. dlrun refuses that before any data is read; on the CPU the ranks run with gloo."""
+    from dlrun.train.run import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    two = World(rank=1, size=2, local_rank=1, local_size=2)
+    with pytest.raises(UserError, match=r"^2 processes on this machine but 1 CUDA device\(s\) visible: start at most 1"):
+        resolve_device("auto", two)
+    assert resolve_device("cpu", two) == torch.device("cpu")
+    assert resolve_device("auto", World(rank=1, size=2, local_rank=0, local_size=1)) == torch.device("cuda", 0)
