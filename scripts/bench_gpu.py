@@ -163,7 +163,7 @@ class PlainLoop:
 
 
 def overhead(model: str, device: torch.device, precision: str, channels_last: bool, compiled: bool, samples: int,
-             batch: int, epochs: int) -> dict:
+             batch: int, epochs: int, extra: tuple[str, ...] = ()) -> dict:
     """dlrun's training steps/s against the plain loop's, epochs after the first, on the same data."""
     rng = np.random.default_rng(0)
     shape = MODELS[model][1]
@@ -185,7 +185,7 @@ def overhead(model: str, device: torch.device, precision: str, channels_last: bo
                      *OVERRIDES[model], "optim=momentum", "optim.lr=0.01", "sched=constant",
                      f"trainer.epochs={epochs}", f"trainer.device={device}", f"trainer.precision={precision}",
                      f"trainer.channels_last={str(channels_last).lower()}", f"trainer.compile={str(compiled).lower()}",
-                     f"hydra.run.dir={tmp}/run"]
+                     f"hydra.run.dir={tmp}/run", *extra]
         with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
             cfg = compose("train", overrides=overrides)
         loop.Trainer.train_epoch = timed_epoch
@@ -193,6 +193,9 @@ def overhead(model: str, device: torch.device, precision: str, channels_last: bo
             summary = train(cfg, Path(tmp) / "run")
         finally:
             loop.Trainer.train_epoch = original
+        if summary["status"] != "finished":  # e.g. stopped by a signal (a time limit): its first epoch alone
+            raise SystemExit(f"the overhead run ended {summary['status']!r} after {len(rates)} of {epochs} epochs; "
+                             "no overhead figure (give it more time, or fewer --epochs)")
         syncs = host_syncs(cfg) if device.type == "cuda" else None
         train_x = torch.from_numpy(x[:samples])[: summary["steps"] // epochs * batch]
         plain = PlainLoop(model, train_x, torch.from_numpy(y[:len(train_x)]), batch, device, precision, channels_last, compiled)
@@ -201,7 +204,8 @@ def overhead(model: str, device: torch.device, precision: str, channels_last: bo
     return {"model": model, "input": "x".join(map(str, shape)), "batch": batch, "precision": precision,
             "channels_last": channels_last, "compile": compiled, "epochs": epochs,
             "steps_per_epoch": summary["steps"] // epochs, "dlrun_steps_per_s": dlrun_rate,
-            "plain_steps_per_s": plain_rate, "ratio": dlrun_rate / plain_rate, "host_syncs": syncs}
+            "plain_steps_per_s": plain_rate, "ratio": dlrun_rate / plain_rate, "host_syncs": syncs,
+            "dlrun_epochs_steps_per_s": rates, "plain_epochs_steps_per_s": plain_rates, "overrides": list(extra)}
 
 
 def host_syncs(cfg) -> dict:
@@ -249,6 +253,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=24576, help="training images of the overhead run")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of the overhead run (the first is warm-up)")
     parser.add_argument("--overhead-model", default="resnet18", choices=list(MODELS))
+    parser.add_argument("--overhead-overrides", nargs="*", default=[],
+                        help="more dlrun overrides for the overhead run, e.g. logger.diagnostics.every=0")
     parser.add_argument("--quick", action="store_true", help="a smoke test of the script: lenet at batch 32, few steps")
     parser.add_argument("--json", type=Path, help="also write the tables here")
     args = parser.parse_args()
@@ -289,11 +295,15 @@ def main() -> None:
 
     fast = device.type == "cuda" and not args.quick  # the overhead run in the settings a GPU trains with
     result = overhead(args.overhead_model, device, "bf16" if fast else "32", channels_last=fast, compiled=fast and not args.no_compile,
-                      samples=args.samples, batch=batch or 512, epochs=args.epochs)
+                      samples=args.samples, batch=batch or 512, epochs=args.epochs, extra=tuple(args.overhead_overrides))
     print(f"overhead: {result['model']} {result['input']}, batch {result['batch']}, {result['precision']}, channels_last "
           f"{result['channels_last']}, compile {result['compile']}, {result['steps_per_epoch']} steps an epoch: "
           f"dlrun {result['dlrun_steps_per_s']:.1f} steps/s, plain loop {result['plain_steps_per_s']:.1f} steps/s, "
           f"ratio {result['ratio']:.3f}")
+    print("  steps/s by epoch (the first compiles and tunes): dlrun "
+          + " ".join(f"{r:.1f}" for r in result["dlrun_epochs_steps_per_s"]) + ", plain "
+          + " ".join(f"{r:.1f}" for r in result["plain_epochs_steps_per_s"])
+          + (f"; overrides {' '.join(result['overrides'])}" if result["overrides"] else ""))
     if result["host_syncs"]:
         syncs = result["host_syncs"]
         print(f"host syncs in one epoch of {syncs['steps']} steps (logger.every {syncs['logger_every']}, ratio_every "

@@ -151,6 +151,23 @@ def test_bench_gpu_runs_on_the_cpu_and_writes_its_table(tmp_path):
     assert {r["precision"] for r in rows} >= {"32", "bf16"} and {r["channels_last"] for r in rows} == {False, True}
     assert all(r["images_per_s"] > 0 for r in rows)
     assert table["overhead"]["ratio"] > 0 and "images/s" in result.stdout
+    overhead = table["overhead"]
+    assert len(overhead["dlrun_epochs_steps_per_s"]) == len(overhead["plain_epochs_steps_per_s"]) == overhead["epochs"]
+
+
+def test_bench_gpu_gives_no_overhead_figure_from_a_run_that_did_not_finish(tmp_path, monkeypatch):
+    """On the H200 a time limit's SIGTERM stopped the overhead run after its first epoch; dlrun saved
+    and returned, and the script printed that epoch (compile and cudnn tuning in it) as dlrun's rate:
+    ratio 0.118. Such a run now gives no figure."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "scripts" / "bench_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "train", lambda cfg, run_dir: {"status": "interrupted after epoch 1", "steps": 8})
+    with pytest.raises(SystemExit, match="overhead run ended 'interrupted after epoch 1' after 0 of 2 epochs"):
+        bench.overhead("lenet", torch.device("cpu"), "32", False, False, samples=256, batch=32, epochs=2)
 
 
 # Each of these hands a tensor's value to Python; on a GPU each waits for the device to finish.
