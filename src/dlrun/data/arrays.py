@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlrun.data.base import Data, holdout
+from dlrun.data.base import Data, check_finite, holdout
 from dlrun.errors import UserError
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
@@ -40,6 +40,7 @@ class ArrayData(Data):
         if missing:
             raise UserError(f"data.path: '{path}' has no {', '.join(missing)} (it has: {', '.join(arrays) or 'nothing'}); "
                             f"an npz needs {', '.join(REQUIRED)} and may add x_val, y_val")
+        check_arrays(arrays)
         train = arrays["x_train"], arrays["y_train"]
         if "x_val" in arrays and "y_val" in arrays:
             val = arrays["x_val"], arrays["y_val"]
@@ -51,3 +52,29 @@ class ArrayData(Data):
         super().__init__(train, val, test, layout=layout, batch_size=batch_size, eval_batch_size=eval_batch_size,
                          preprocess=preprocess, on_device=on_device, name=Path(path).name,
                          stats_dir=Path(path).expanduser().parent)
+
+
+def check_arrays(arrays: dict[str, np.ndarray]) -> None:
+    """What must hold before y_train is split: arrays of samples, and no label y_train has no class for.
+
+    The rest (dtypes, finite values, shapes) is Data's to check, split by split.
+    """
+    for key, array in arrays.items():
+        if key in (*REQUIRED, "x_val", "y_val") and array.ndim == 0:
+            raise UserError(f"{key} is a single number, not an array with one row per sample; give {key} "
+                            "a first dimension of samples, e.g. shape (N, ...)")
+        if key in (*REQUIRED, "x_val", "y_val") and np.issubdtype(array.dtype, np.floating):
+            check_finite(array, key)  # here, by the file's names: a held-out val is still x_train's
+    train = arrays["y_train"]
+    if not _labels(train) or train.size == 0 or train.min() < 0:  # Data names negative labels
+        return
+    top = int(train.max())
+    for key in ("y_val", "y_test"):
+        y = arrays.get(key)
+        if y is not None and _labels(y) and y.size and int(y.max()) > top:
+            raise UserError(f"{key} holds label {int(y.max())} but y_train's classes are 0..{top}; relabel {key} "
+                            f"to y_train's classes, or add training samples of class {int(y.max())} to y_train")
+
+
+def _labels(y: np.ndarray) -> bool:
+    return np.issubdtype(y.dtype, np.integer) or y.dtype == bool
