@@ -95,26 +95,26 @@ def test_a_report_folder_that_is_a_symlink_is_refused_and_nothing_written_throug
 def test_a_symlink_where_a_plot_goes_is_replaced_not_followed(tmp_path, capsys):
     folder = crafted_sweep(tmp_path / "sw", [["optim.lr=0.1"], ["optim.lr=0.2"]])
     victim = tmp_path / "victim.txt"
-    victim.write_text("precious")
+    victim.write_bytes(b"precious")
     (folder / "report").mkdir()
     (folder / "report" / "optim.lr.png").symlink_to(victim)
     (folder / "report" / f".optim.lr.png.{__import__('os').getpid()}.tmp").symlink_to(victim)  # a planted temp name
     code, out, err = report(capsys, folder)
     assert code == 0, err
-    assert victim.read_text() == "precious"
+    assert victim.read_bytes() == b"precious"
     plot = folder / "report" / "optim.lr.png"
     assert not plot.is_symlink() and plot.read_bytes().startswith(b"\x89PNG")
     assert sorted(p.name for p in (folder / "report").iterdir()) == ["optim.lr.png"]
 
 
-@pytest.mark.parametrize("damage", ["overrides not a list", "overrides not YAML", "summary a list",
+@pytest.mark.parametrize("damage", ["overrides not strings", "overrides not YAML", "summary a list",
                                     "metric a string", "best a string", "epochs text"])
 def test_a_damaged_trial_is_shown_without_a_traceback(tmp_path, capsys, damage):
     folder = crafted_sweep(tmp_path / "sw", [["optim.lr=0.1"], ["optim.lr=0.2"], ["optim.lr=0.3"]])
     summary = {"status": "finished", "best": {"monitor": "val/acc", "value": 0.5}, "epochs": 1, "wall_s": 1.0}
     hydra, target = folder / "1" / ".hydra" / "overrides.yaml", folder / "1" / "summary.json"
-    if damage == "overrides not a list":
-        hydra.write_text("optim: {lr: 0.1}\n")
+    if damage == "overrides not strings":
+        hydra.write_text("- 1\n- {optim.lr: 0.1}\n")
     elif damage == "overrides not YAML":
         hydra.write_bytes(b"- [unclosed\n\xff")
     elif damage == "summary a list":
