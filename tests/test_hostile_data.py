@@ -245,3 +245,33 @@ def test_the_cli_says_a_scalar_x_train_in_one_line(tmp_path, npz):
     assert result.returncode == 2 and len(err) == 1, result.stderr
     assert err[0].startswith("dlrun train: error: x_train is a single number")
     assert not list((tmp_path / "run").rglob("*.pt"))
+
+
+# ------------------------------------------------- the preprocessing cache beside a shared dataset
+def test_a_planted_preprocessing_cache_with_nan_or_other_shapes_is_recomputed_not_used(tmp_path):
+    cifar_files(tmp_path, 10, per_batch=4, n_test=4)
+    honest = CIFAR10(root=str(tmp_path)).preprocess.stats
+    (cache,) = (tmp_path / "cifar-10-batches-py").glob(".dlrun-stats-channel_standardize-*.pt")
+    for planted in ({"mean": torch.full((1, 3, 1, 1), float("nan")), "std": torch.ones(1, 3, 1, 1)},
+                    {"mean": torch.zeros(1, 3, 32, 32), "std": torch.ones(1, 3, 32, 32)},
+                    {"mean": torch.zeros(1, 3, 1, 1)}):
+        torch.save(planted, cache)
+        stats = CIFAR10(root=str(tmp_path)).preprocess.stats
+        assert all(torch.equal(stats[k], honest[k]) for k in ("mean", "std"))
+
+
+def test_the_preprocessing_cache_is_not_written_through_a_symlink_at_its_temp_name(tmp_path, monkeypatch):
+    import os
+
+    cifar_files(tmp_path, 10, per_batch=4, n_test=4)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    monkeypatch.setattr(os, "getpid", lambda: 4242)  # the temp name's PID, as a neighbour could guess it
+    from dlrun.data.preprocess import cache_path
+
+    train_x = CIFAR10(root=str(tmp_path), preprocess="none").train.x  # the split names the cache file
+    folder = tmp_path / "cifar-10-batches-py"
+    cache = cache_path(folder, "channel_standardize", train_x)
+    cache.with_name(f"{cache.name}.4242.tmp").symlink_to(victim)
+    CIFAR10(root=str(tmp_path))
+    assert victim.read_bytes() == b"precious" and cache.is_file() and not cache.is_symlink()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -50,9 +51,13 @@ class Preprocess:
         cache = cache_path(cache_dir, method, x) if cache_dir is not None else None
         if cache is not None and cache.is_file():
             try:
-                return cls(method, torch.load(cache, weights_only=True))
+                stats = torch.load(cache, weights_only=True)
+                problem = unfit(stats, expected_shapes(method, tuple(x.shape), layout))
             except Exception as exc:  # a damaged cache is recomputed, never trusted
-                log.warning(f"ignoring the preprocessing cache {cache} ({exc}); computing it again")
+                problem = str(exc)
+            if not problem:
+                return cls(method, stats)
+            log.warning(f"ignoring the preprocessing cache {cache} ({problem}); computing it again")
         stats = statistics(method, x, layout, scale)
         if cache is not None:
             write_cache(stats, cache)
@@ -131,11 +136,39 @@ def cache_path(folder: Path, method: str, x: torch.Tensor) -> Path:
     return Path(folder) / f".dlrun-stats-{method}-{digest.hexdigest()[:16]}.pt"
 
 
+def expected_shapes(method: str, shape: tuple[int, ...], layout: str) -> dict[str, tuple[int, ...]]:
+    """The statistics `method` computes from a training split of `shape` (N, ...), and their shapes."""
+    if method == "mean_image":
+        return {"mean": (1, *shape[1:])}
+    if method in ("channel_mean", "channel_standardize"):
+        kept = tuple(1 if axis in CHANNEL_AXES[layout] else size for axis, size in enumerate(shape))
+        return {"mean": kept} if method == "channel_mean" else {"mean": kept, "std": kept}
+    features = math.prod(shape[1:])
+    return {"mean": (1, features), "whiten": (features, features)}
+
+
+def unfit(stats, expected: dict[str, tuple[int, ...]]) -> str:
+    """Why a loaded cache cannot be used ('' when it can): the data folder may be shared, so a cache
+    with other keys, shapes or a nan in it is recomputed rather than trusted."""
+    if not isinstance(stats, dict) or set(stats) != set(expected):
+        return f"it holds {sorted(stats) if isinstance(stats, dict) else type(stats).__name__}, not {sorted(expected)}"
+    for key, value in stats.items():
+        if not (isinstance(value, torch.Tensor) and value.is_floating_point() and tuple(value.shape) == expected[key]):
+            return f"its {key} is not a float tensor of shape {expected[key]}"
+        if not bool(torch.isfinite(value).all()):
+            return f"its {key} holds inf or nan"
+    return ""
+
+
 def write_cache(stats: dict[str, torch.Tensor], path: Path) -> None:
     """Atomically, and only where the folder is writable: a read-only dataset folder is fine."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(stats, tmp)
+        # A shared folder may hold a link at the temp name: unlink removes the link (never its
+        # target), and O_EXCL | O_NOFOLLOW makes a file of our own or fails.
+        tmp.unlink(missing_ok=True)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb") as file:
+            torch.save(stats, file)
         os.replace(tmp, path)
     except OSError as exc:
         log.debug(f"no preprocessing cache in {path.parent} ({exc})")
