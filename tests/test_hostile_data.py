@@ -124,15 +124,37 @@ def test_a_cifar_batch_as_big_as_the_published_one_must_have_its_md5(tmp_path, m
     assert len(data.train) + len(data.val) == 10_000 + 4 * 4
 
 
+def python2_batch(x: np.ndarray, labels: list[int]) -> bytes:
+    """The bytes Python 2's cPickle (protocol 2) wrote for the published batches: str (not unicode)
+    keys and pixels, numpy's old module path numpy.core.multiarray, a dtype of ('u1', 0, 1)."""
+    def text(b: bytes) -> bytes:  # SHORT_BINSTRING or BINSTRING: a Python 2 str
+        return b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<i", len(b)) + b
+
+    def num(n: int) -> bytes:  # BININT1 or BININT2
+        return b"K" + bytes([n]) if n < 256 else b"M" + struct.pack("<H", n)
+
+    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + num(0) + b"\x85" + text(b"b") + b"\x87R("
+             + num(1) + num(x.shape[0]) + num(x.shape[1]) + b"\x86cnumpy\ndtype\n" + text(b"u1") + num(0) + num(1)
+             + b"\x87R(" + num(3) + text(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xff" + num(0) + b"tb\x89"
+             + text(x.tobytes()) + b"tb")
+    return (b"\x80\x02}(" + text(b"data") + array + text(b"labels") + b"](" + b"".join(map(num, labels)) + b"e"
+            + text(b"batch_label") + text(b"training batch 1 of 5") + b"u.")
+
+
 def test_cifar_pickles_of_every_protocol_load_as_the_same_arrays(tmp_path):
-    """The restricted unpickler reads what Python 2 (protocol 2, as published) and 3 (4, 5) write."""
+    """The restricted unpickler reads what Python 2 wrote (the published files) and what Python 3
+    writes (protocol 2's _codecs.encode for bytes, numpy._core's names, protocol 5's _frombuffer)."""
     arrays = cifar_files(tmp_path, 10, per_batch=4, n_test=6)
     reference = CIFAR10(root=str(tmp_path), preprocess="none")
     folder = tmp_path / "cifar-10-batches-py"
-    for protocol in (2, 4, 5):
-        for name in ("data_batch_1", "test_batch"):
-            entry = pickle.loads((folder / name).read_bytes())
-            (folder / name).write_bytes(pickle.dumps(entry, protocol=protocol))
+    entries = {name: pickle.loads((folder / name).read_bytes()) for name in ("data_batch_1", "test_batch")}
+    for protocol in ("python 2", 2, 4, 5):
+        for name, entry in entries.items():
+            if protocol == "python 2":
+                written = python2_batch(entry["data"], [int(v) for v in entry["labels"]])
+            else:
+                written = pickle.dumps(entry, protocol=protocol)
+            (folder / name).write_bytes(written)
         data = CIFAR10(root=str(tmp_path), preprocess="none")
         assert torch.equal(data.test.x, torch.as_tensor(arrays["test_x"])), protocol
         assert torch.equal(data.train.x, reference.train.x) and torch.equal(data.test.y, reference.test.y)
