@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dlrun.data.base import Data, check_finite, holdout
+from dlrun.data.base import Data, holdout
+from dlrun.data.checks import check_finite
 from dlrun.errors import UserError
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
