@@ -132,3 +132,20 @@ def test_a_damaged_trial_is_shown_without_a_traceback(tmp_path, capsys, damage):
     code, out, err = report(capsys, folder, "--json")
     trials = json.loads(out)["trials"]
     assert code == 0 and trials[0]["trial"] == best[0] and sorted(t["trial"] for t in trials) == [0, 1, 2]
+
+
+def test_a_key_with_tex_in_it_and_a_read_only_sweep_are_one_line_or_a_plot(tmp_path, capsys):
+    import os
+
+    folder = crafted_sweep(tmp_path / "sw", [[r"a.$\frac{$=1"], [r"a.$\frac{$=2"]])
+    code, out, err = report(capsys, folder)
+    assert code == 0 and err == [] and len(list((folder / "report").glob("*.png"))) == 1, err
+    if os.geteuid() == 0:
+        return  # root writes anywhere: the read-only case needs a user
+    other = crafted_sweep(tmp_path / "ro", [["optim.lr=0.1"], ["optim.lr=0.2"]])
+    other.chmod(0o555)
+    try:
+        code, out, err = report(capsys, other)
+    finally:
+        other.chmod(0o755)
+    assert code == 2 and len(err) == 1 and "could not make" in err[0] and out == "", err

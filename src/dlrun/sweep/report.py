@@ -198,6 +198,9 @@ def open_report_folder(folder: Path) -> int:
             os.mkdir("report", dir_fd=parent)
         except FileExistsError:
             pass
+        except OSError as exc:  # a read-only sweep directory, say
+            raise UserError(f"could not make {folder / 'report'} ({exc.strerror or exc}); run dlrun report where "
+                            "it can write, or use --json, which writes nothing") from None
         try:
             return os.open("report", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
         except OSError:  # ELOOP: a symlink; ENOTDIR: a file
@@ -253,8 +256,8 @@ def plot(folder: Path, folder_fd: int, figures: dict[str, list], monitor: str, l
         ax.scatter(*zip(*points))
         if key in logs and all(x > 0 for x, _ in points):
             ax.set_xscale("log")
-        ax.set_xlabel(key)
-        ax.set_ylabel(monitor)
+        ax.set_xlabel(key, parse_math=False)  # a key's "$" is text, not a TeX formula that may not parse
+        ax.set_ylabel(monitor, parse_math=False)
         fig.tight_layout()
         image = io.BytesIO()
         fig.savefig(image, format="png", dpi=100)
