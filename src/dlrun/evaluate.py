@@ -111,6 +111,7 @@ def rebuild(ckpt: str, overrides: list[str] = ()) -> tuple[Any, dict[str, Any], 
     rebuilt from its saved config and its weights loaded: (Parts, the checkpoint's state, its path)."""
     from omegaconf import open_dict
 
+    from dlrun.targets import refuse_foreign
     from dlrun.train import checkpoint
 
     overrides = list(overrides)
@@ -119,6 +120,8 @@ def rebuild(ckpt: str, overrides: list[str] = ()) -> tuple[Any, dict[str, Any], 
     config = state.get("config")
     if config:
         cfg = saved_config(config, overrides, path)
+        # The file may come from anyone: its config names only what dlrun builds (or the user allows).
+        refuse_foreign(cfg, f"checkpoint '{path}'")
     elif overrides:
         cfg = composed_config(overrides)
     else:
