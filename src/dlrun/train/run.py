@@ -22,6 +22,7 @@ from dlrun.errors import UserError
 from dlrun.losses import Loss, build_loss, check_targets
 from dlrun.rundir import refuse_reuse
 from dlrun.schema import validate
+from dlrun.strict_json import finite
 from dlrun.regularization import Regularization, parameter_groups, regularization
 from dlrun.monitor.tensorboard import RunWriter, flatten
 from dlrun.optim import (build_optimizer, build_scheduler, check_closure_optimizer, check_optimizer, check_schedule,
@@ -129,8 +130,12 @@ def loss_setting(cfg: DictConfig, key: str, default: float) -> float:
 
 
 def write_json(obj: dict[str, Any], path: Path) -> None:
+    """Strict JSON: a metric that is nan or inf is written null, and "non_finite" lists where."""
+    obj, bad = finite(obj)
+    if bad:
+        obj["non_finite"] = bad
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
