@@ -111,6 +111,7 @@ def rebuild(ckpt: str, overrides: list[str] = ()) -> tuple[Any, dict[str, Any], 
     rebuilt from its saved config and its weights loaded: (Parts, the checkpoint's state, its path)."""
     from omegaconf import open_dict
 
+    from dlrun.targets import refuse_foreign
     from dlrun.train import checkpoint
 
     overrides = list(overrides)
@@ -119,6 +120,8 @@ def rebuild(ckpt: str, overrides: list[str] = ()) -> tuple[Any, dict[str, Any], 
     config = state.get("config")
     if config:
         cfg = saved_config(config, overrides, path)
+        # The file may come from anyone: its config names only what dlrun builds (or the user allows).
+        refuse_foreign(cfg, f"checkpoint '{path}'")
     elif overrides:
         cfg = composed_config(overrides)
     else:
@@ -159,6 +162,7 @@ def evaluate(ckpt: str, overrides: list[str] = ()) -> dict[str, Any]:
     finally:
         trainer.writer.close()
         trainer.checkpoints.close()
+    refuse_non_finite(metrics, state, path)
     epoch = state.get("epoch")
     return {
         "checkpoint": str(path),
@@ -172,14 +176,30 @@ def evaluate(ckpt: str, overrides: list[str] = ()) -> dict[str, Any]:
     }
 
 
+def refuse_non_finite(metrics: dict[str, dict[str, float]], state: dict[str, Any], path: Path) -> None:
+    """A nan or inf metric is no result to print: one line saying why, exit 2."""
+    import math
+
+    bad = [f"{split} {name} {value}" for split, values in metrics.items() for name, value in values.items()
+           if not math.isfinite(value)]
+    if not bad:
+        return
+    tensors = [*state["model"].values(), *(state.get("ema") or {}).values()]
+    weights = sum(int((~t.isfinite()).sum()) for t in tensors if t.is_floating_point())
+    why = (f"{weights} of its weight values are not finite: it was saved from a diverged run; use an earlier checkpoint"
+           if weights else "its weights are finite: the data give the model inputs it overflows on; check the "
+           "data for nan or inf values")
+    raise UserError(f"checkpoint '{path}' gives {', '.join(bad)}; {why}")
+
+
 def main(args: list[str]) -> None:
     """Parse, evaluate, print the table (or JSON). Errors propagate to the CLI's `fail`."""
     ckpt, as_json, overrides = parse_args(args)
     result = evaluate(ckpt, overrides)
     if as_json:
-        import json
+        from dlrun import strict_json
 
-        print(json.dumps(result, indent=2))
+        print(strict_json.dumps(result, indent=2))
         return
     from rich import get_console
     from rich.table import Table

@@ -10,12 +10,12 @@ when a line failed. A user's mistake is a UserError: one line, exit 2, as everyw
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from dlrun import strict_json
 from dlrun.errors import UserError
 
 if TYPE_CHECKING:
@@ -176,7 +176,7 @@ def run(name: str, checks: list[tuple[str, Callable[[Context], list[Line]]]], ar
         "overrides": list(args),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    (out / "check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out / "check.json").write_text(strict_json.dumps(report, indent=2, default=str) + "\n")
     counts = ", ".join(f"{n} {v}" for v, n in report["counts"].items() if n)
     console.print(f"dlrun check {name}: {verdict} ({counts}) in {report['wall_s']:.1f} s; "
                   f"details in {out / 'check.json'}", highlight=False, soft_wrap=True)

@@ -17,11 +17,11 @@ The config is composed with Hydra's compose API from configs/check_init.yaml (ke
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dlrun import strict_json
 from dlrun.errors import UserError
 
 if TYPE_CHECKING:
@@ -239,7 +239,7 @@ def main(args: list[str]) -> None:
                    "var_over_previous": r.var_ratios(), "layers": [asdict(row) for row in r.layers]}
                   for r in results],
     }
-    (out / "check.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "check.json").write_text(strict_json.dumps(report, indent=2) + "\n")
     console = get_console()
     # soft_wrap: these lines are never broken at the terminal's width (the paths stay copyable).
     console.print(f"dlrun check init: {layers} layers x {width} units, no bias, x ~ N(0, 1), batch {batch}, "

@@ -9,12 +9,12 @@ directories. Each member is its run's best.pt, rebuilt from the config saved in 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dlrun import strict_json
 from dlrun.errors import UserError
 
 USAGE = """usage: dlrun ensemble DIR [DIR ...] [--top K] [--json]
@@ -75,6 +75,9 @@ def ensemble(folders: list[Path], top: int = 3) -> dict[str, Any]:
                             "the same data (data= and data.split_seed)")
         targets = y
         p = probabilities(parts.model, parts.data, "test").cpu()
+        if not bool(p.isfinite().all()):  # nan weights would still "predict" a class: refuse, as eval does
+            raise UserError(f"{run_dir}: {path} gives non-finite probabilities on the test split (weights saved "
+                            "from a diverged run, or nan/inf in the data); leave it out of the ensemble")
         probs.append(p)
         rows.append({"dir": str(run_dir), "checkpoint": str(path), "acc": accuracy(p, y)})
     mean = torch.stack(probs).mean(0)  # the members' predicted distributions, averaged
@@ -87,7 +90,7 @@ def main(args: list[str]) -> None:
     result = ensemble(folders, top)
     result.pop("probabilities")
     if as_json:
-        print(json.dumps(result, indent=2))
+        print(strict_json.dumps(result, indent=2))
         return
     from rich import get_console
     from rich.table import Table

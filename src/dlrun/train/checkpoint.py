@@ -66,6 +66,16 @@ def snapshot(obj: Any) -> Any:
     return obj
 
 
+def write_failure(exc: BaseException) -> str:
+    """Why a write failed, in a few words: the OS's reason, or the end of torch's
+    "[enforce fail at inline_container.cc:N] . PytorchStreamWriter failed writing file data/0: file write failed"."""
+    if isinstance(exc, OSError):
+        return str(exc.strerror or exc)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text.rsplit(": ", 1)[-1] if text.startswith("[enforce fail") else text
+
+
 class BackgroundWriter:
     """Writes checkpoints on one worker thread: training waits for a tensor copy, not for the disk.
 
@@ -87,8 +97,8 @@ class BackgroundWriter:
         for path, future in pending:
             try:
                 future.result()
-            except OSError as exc:
-                raise UserError(f"could not write checkpoint '{path}' ({exc.strerror or exc}); the previous one is "
+            except (OSError, RuntimeError) as exc:  # torch.save's own writer raises RuntimeError on a full disk
+                raise UserError(f"could not write checkpoint '{path}' ({write_failure(exc)}); the previous one is "
                                 "intact: free some disk space, or set trainer.checkpoint=false") from None
 
     def close(self) -> None:
@@ -145,6 +155,66 @@ def _legacy_header_complete(path: Path) -> bool:
     return True
 
 
+def verify_archive(path: Path, what: str, fix: str) -> None:
+    """Check every member of the zip archive against the CRC-32 written with it: torch.load does not,
+    and reads a flipped bit in the weights, or bytes overwritten, as plain numbers."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, struct.error) as exc:
+        raise UserError(f"{what} '{path}' is truncated or corrupt ({exc}); {fix}") from None
+    if bad is not None:
+        raise UserError(f"{what} '{path}' is corrupt ({bad} fails its CRC check: the file changed after it was "
+                        f"written); {fix}")
+
+
+def _plain(value: Any) -> bool:
+    """Whether a saved config is what dlrun writes: mappings, lists, text, numbers, booleans, null."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+# What the entries dlrun reads must be, where a checkpoint has them: (test, what it should be).
+ENTRIES = {
+    "config": (lambda v: v is None or (isinstance(v, dict) and _plain(v)),
+               "a mapping of plain values (text, numbers, lists)"),
+    "epoch": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer"),
+    "step": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer"),
+    "model": (lambda v: all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items()),
+              "names -> tensors"),
+    "ema": (lambda v: v is None or (isinstance(v, dict) and all(isinstance(t, torch.Tensor) for t in v.values())),
+            "names -> tensors"),
+    "best": (lambda v: v is None or isinstance(v, dict), "a mapping"),
+}
+
+
+def check_entries(state: dict[str, Any], path: Path, what: str, fix: str) -> None:
+    """Refuse a checkpoint whose entries have the wrong types (a text epoch, a string config) in one line."""
+    for key, (ok, expected) in ENTRIES.items():
+        if key in state and not ok(state[key]):
+            value = state[key]
+            shown = f"{type(value).__name__} {value!r}"[:60] if not isinstance(value, dict) else "a mapping"
+            raise UserError(f"{what} '{path}' is not a dlrun checkpoint: its '{key}' is {shown}, not {expected}; "
+                            f"{fix}")
+
+
+# What trainer.resume reads from a checkpoint besides the model: (entry, what it must be).
+RESUME_ENTRIES = {"optimizer": dict, "scheduler": dict, "epoch": int, "step": int, "best": dict, "rng": dict,
+                  "config": dict}
+
+
+def check_resumable(state: dict[str, Any], path: Path) -> None:
+    """A checkpoint trainer.resume can continue: a dlrun last.pt, not a best.pt or a state dict."""
+    for key, kind in RESUME_ENTRIES.items():
+        if not isinstance(state.get(key), kind):
+            found = "no" if key not in state else f"a {type(state[key]).__name__}"
+            raise UserError(f"checkpoint '{path}' cannot be resumed: it has {found} '{key}' entry (trainer.resume "
+                            f"continues a dlrun last.pt); {RESUME_FIX}")
+
+
 def load(path: Path, *, state_dict_ok: bool = False, fix: str = RESUME_FIX) -> dict[str, Any]:
     """Load with weights_only=True: tensors and plain containers only, so no pickled code runs.
 
@@ -164,6 +234,8 @@ def load(path: Path, *, state_dict_ok: bool = False, fix: str = RESUME_FIX) -> d
         raise UserError(f"{what} '{path}' is truncated or corrupt (not a torch zip archive); {fix}")
     if legacy and not _legacy_header_complete(path):
         raise UserError(f"{what} '{path}' is truncated or corrupt (its pickle ends early); {fix}")
+    if not legacy:
+        verify_archive(path, what, fix)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -178,6 +250,7 @@ def load(path: Path, *, state_dict_ok: bool = False, fix: str = RESUME_FIX) -> d
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, struct.error) as exc:
         raise UserError(f"{what} '{path}' is truncated or corrupt ({type(exc).__name__}); {fix}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        check_entries(state, path, what, fix)
         return state
     if state_dict_ok and isinstance(state, dict) and state and all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):

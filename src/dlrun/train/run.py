@@ -22,11 +22,12 @@ from dlrun.errors import UserError
 from dlrun.losses import Loss, build_loss, check_targets
 from dlrun.rundir import refuse_reuse
 from dlrun.schema import validate
+from dlrun.strict_json import finite
 from dlrun.regularization import Regularization, parameter_groups, regularization
 from dlrun.monitor.tensorboard import RunWriter, flatten
 from dlrun.optim import (build_optimizer, build_scheduler, check_closure_optimizer, check_optimizer, check_schedule,
                          uses_closure)
-from dlrun.train import checkpoint, distributed
+from dlrun.train import checkpoint, distributed, resume
 from dlrun.train.distributed import World
 from dlrun.train.interrupt import catch_signals, preemption_signal
 from dlrun.train.loop import Trainer, piece_sizes, plan, resolve_monitor
@@ -129,8 +130,12 @@ def loss_setting(cfg: DictConfig, key: str, default: float) -> float:
 
 
 def write_json(obj: dict[str, Any], path: Path) -> None:
+    """Strict JSON: a metric that is nan or inf is written null, and "non_finite" lists where."""
+    obj, bad = finite(obj)
+    if bad:
+        obj["non_finite"] = bad
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -328,25 +333,6 @@ def batchnorm_on_one_sample(model: torch.nn.Module, data: Data) -> str | None:
     return found[0] if found else None
 
 
-def resume_auto(trainer: Trainer, run_dir: Path) -> Path | None:
-    """trainer.resume=auto: load the newest checkpoint of run_dir that loads; None: start fresh.
-
-    A checkpoint that cannot be read (truncated, corrupt) is logged and the one before it tried.
-    One that reads but does not fit this config (another model, optimizer or schedule) stops the
-    run: starting fresh would overwrite it.
-    """
-    for path in checkpoint.resume_candidates(run_dir):
-        try:
-            state = checkpoint.load(path)
-        except UserError as exc:
-            log.warning(f"trainer.resume=auto: skipping {path}: {exc}")
-            continue
-        trainer.load_state_dict(state, path)
-        return path
-    log.info(f"trainer.resume=auto: no checkpoint to continue from in {run_dir / 'checkpoints'}; starting fresh")
-    return None
-
-
 def error_line(exc: BaseException) -> str:
     """An exception's first line, for summary.json (a UserError's message is one line already)."""
     lines = [line for line in str(exc).splitlines() if line.strip()]
@@ -377,9 +363,9 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
     try:
         validate(cfg)
         t = cfg.trainer
-        auto = str(t.resume) == "auto"
-        resume_path = checkpoint.resolve(t.resume) if t.resume and not auto else None  # fail before any work
         check_world(cfg, world)
+        # Before any work: the checkpoint must read and fit this run's recipe.
+        resumed = resume.pick(cfg, run_dir, t.resume)
         parts = build_parts(cfg, world)
         trainer = build_trainer(parts, run_dir / "tb", run_dir / "checkpoints" if t.checkpoint else None)
     except UserError as exc:  # a setting refused: the run directory says so too, for a sweep's report
@@ -393,12 +379,14 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # model.freeze leaves the rest out
     writer = trainer.writer
     summary: dict[str, Any] = {}
+    resumed_facts: dict[str, Any] = {}
 
     def facts() -> dict[str, Any]:
         return {"task": data.task, "epochs": trainer.epoch, "steps": trainer.step, "params": n_params,
                 "trainable_params": n_trainable, "device": str(device), "processes": parts.world.size,
                 "precision": precision,
-                "choices": choices, "hparams": hyperparameters(cfg, choices), "dlrun_version": __version__}
+                "choices": choices, "hparams": hyperparameters(cfg, choices), **resumed_facts,
+                "dlrun_version": __version__}
 
     try:
         counted = f"{n_params:,} parameters" + (f", {n_trainable:,} trainable" if n_trainable != n_params else "")
@@ -410,13 +398,15 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
                  if len(pieces) > parts.world.size else "")
         log.info(f"model {type(model).__name__} ({counted}) on {device}{ddp}, precision {precision}, "
                  f"{trainer.epochs} epochs x {trainer.steps_per_epoch} steps{micro}")
-        if auto:
-            resume_path = resume_auto(trainer, run_dir)
-        elif resume_path is not None:
-            trainer.load_state_dict(checkpoint.load(resume_path), resume_path)
-        if resume_path is not None:
+        if resumed is not None:
+            resume_path, state, changed = resumed
+            trainer.load_state_dict(state, resume_path)
             writer.resumed_at(trainer.step)
-            log.info(f"resumed from {resume_path} at epoch {trainer.epoch}, step {trainer.step}")
+            log.info(f"resumed from {resume_path} at epoch {trainer.epoch}, step {trainer.step}"
+                     + (f"; changed: {', '.join(f'{k}={v[1]}' for k, v in changed.items())}" if changed else ""))
+            # What this run continued, and the settings it changed ({key: [checkpoint's, this run's]}).
+            resumed_facts = {"resumed": {"checkpoint": str(resume_path), "epoch": state["epoch"],
+                                         "step": state["step"], "changed": changed}}
         write({"status": "running", **facts()}, run_dir / "summary.json")
         try:
             with catch_signals(trainer.stop_request):  # through the test evaluation, not only fit
@@ -452,6 +442,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
             "precision": precision,
             "choices": choices,
             "hparams": hyperparameters(cfg, choices),
+            **resumed_facts,
             "dlrun_version": __version__,
         }
         if test and cfg.logger.hparams:
