@@ -154,9 +154,7 @@ def test_a_directory_another_process_holds_is_refused_naming_it_and_keeps_its_tm
     partial = run / "checkpoints" / ".last.pt.4242.tmp"
     partial.parent.mkdir(parents=True)
     partial.write_bytes(b"half a checkpoint")
-    holder = os.open(run / ".dlrun.lock", os.O_RDWR | os.O_CREAT)  # what a live writer holds (here: us)
-    fcntl.flock(holder, fcntl.LOCK_EX)
-    os.write(holder, f"{os.getpid()}\n".encode())
+    holder = hold(run)
     try:
         with pytest.raises(UserError, match=rf"run directory {run} is being written by process {os.getpid()} "
                                             rf"\(it holds \.dlrun\.lock there\); wait for it to end or stop it"):
@@ -166,6 +164,29 @@ def test_a_directory_another_process_holds_is_refused_naming_it_and_keeps_its_tm
         os.close(holder)  # as the kernel does when a writer dies
     summary = train(run, *QUICK, "trainer.resume=auto")
     assert summary["status"] == "finished" and not partial.exists()
+
+
+def hold(folder: Path) -> int:
+    """Lock folder as a live writer does (the PID written is this process's): the fd to close."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".dlrun.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def test_a_check_into_a_directory_another_process_holds_is_refused(tmp_path, capsys, monkeypatch):
+    """dlrun check takes the lock on check.out too: two checks (or a check and a run) never share one."""
+    out = tmp_path / "check"
+    held = hold(out)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    try:
+        code, err = cli(capsys, "check", "initial-loss", f"check.out={out}", "trainer.device=cpu", "model.hidden=[8]")
+    finally:
+        os.close(held)
+    assert code == 2 and len(err) == 1, err
+    assert f"check.out directory {out} is being written by process {os.getpid()}" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == [".dlrun.lock"]
 
 
 @pytest.mark.slow
@@ -239,6 +260,14 @@ def test_another_sweep_into_a_sweep_directory_is_refused_naming_the_first_differ
         assert contents(sweep_dir) == before
     code, err = cli(capsys, "train", "-m", f"hydra.sweep.dir={sweep_dir}", *QUICK, "optim.lr=0.1,0.01")  # Hydra's sweeper
     assert code == 2 and "holds another sweep: optim.lr=0.1,0.01 (it ran without optim.lr)" in err[0]
+    assert contents(sweep_dir) == before
+    held = hold(sweep_dir / "0")  # a worker of this sweep, killed a moment ago, still saving its step
+    try:
+        before = contents(sweep_dir)
+        code, err = cli(capsys, *base)
+    finally:
+        os.close(held)
+    assert code == 2 and f"run directory {sweep_dir / '0'} is being written by process {os.getpid()}" in err[0], err
     assert contents(sweep_dir) == before
     assert cli(capsys, *base, "sweep.n_jobs=1")[0] == 0  # the same sweep continues: nothing left to run
     assert [t["status"] for t in json.loads((sweep_dir / "sweep.json").read_text())["trials"]] == ["finished"] * 2

@@ -5,18 +5,23 @@ Hydra writes .hydra/ and train.log) and held until the run ends. The kernel drop
 process dies, however it dies, so a killed run never leaves a stale lock behind; the file itself
 stays, holding the last holder's PID. A second process is refused in one line naming the holder.
 
-Re-entrant within a process: Hydra's callback (dlrun.rundir.RunDirGuard), a sweep worker and
+Re-entrant within a process: Hydra's callback (dlrun.train.app.RunDirGuard), a sweep worker and
 train() itself each claim the directory they write, and only the first claim locks.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
+import time
 from pathlib import Path
 
 from dlrun.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the checks still run, without the lock
+    fcntl = None
 
 LOCK_NAME = ".dlrun.lock"
 
@@ -53,8 +58,10 @@ def holds(run_dir: str | os.PathLike) -> bool:
 
 def holder(run_dir: str | os.PathLike) -> int | None:
     """The PID of the process that holds run_dir's lock, if another one does (a probe, no write)."""
+    if fcntl is None:
+        return None
     try:
-        fd = os.open(Path(run_dir) / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(Path(run_dir) / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None
     try:
@@ -87,18 +94,21 @@ def acquire(run_dir: str | os.PathLike, what: str = "run directory", fix: str = 
     try:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         # O_NOFOLLOW: a symlink planted under the lock's name is refused, not written through.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        # (Python's os.open makes it non-inheritable: a program the run starts never holds the lock.)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as exc:
         raise UserError(f"{what} {shown(run_dir)} cannot be used: {location_problem(exc)}; {fix}") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         pid = _pid_in(fd)
         os.close(fd)
         raise busy(run_dir, pid, what, fix) from None
     # In place, then cut: a reader never sees the file empty, only the old PID or the new one.
     mine = f"{os.getpid()}\n".encode()
-    os.pwrite(fd, mine, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, mine)
     os.ftruncate(fd, len(mine))
     _held[key] = [fd, 1]
 
@@ -118,11 +128,10 @@ def release(run_dir: str | os.PathLike) -> None:
 def _pid_in(fd: int) -> int | None:
     """The holder's PID as the file says it. Between its flock and its write the file still names
     the holder before it: a PID that is no longer running is read again, briefly."""
-    import time
-
     pid = None
     for _ in range(50):
-        text = os.pread(fd, 64, 0).decode(errors="replace").split("\n", 1)[0].strip()
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 64).decode(errors="replace").split("\n", 1)[0].strip()
         pid = int(text) if text.isdigit() else None
         if pid is not None and _running(pid):
             return pid
