@@ -159,9 +159,9 @@ def deleted_mid_run(run_dir: Path) -> Iterator[None]:
         threading.excepthook = previous
 
 
-def hydra_writes(job_name: str = "train") -> tuple[str, ...]:
-    """The files Hydra writes in place (not by rename) into a run directory."""
-    return (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", f"{job_name}.log")
+def written_in_place(job_name: str = "train") -> tuple[str, ...]:
+    """The files Hydra (and dlrun, before a rename) open for writing by name in a run directory."""
+    return (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", f"{job_name}.log", ".summary.json.tmp")
 
 
 def claim_sweep(sweep_dir: Path, config: Any, continues: bool) -> bool:
@@ -172,7 +172,7 @@ def claim_sweep(sweep_dir: Path, config: Any, continues: bool) -> bool:
     its settings are checked: a refused sweep leaves no folder behind. Returns whether it locked."""
     sweep_dir = Path(os.path.abspath(sweep_dir))
     option, fix = "hydra.sweep.dir", "pass a new hydra.sweep.dir"
-    check_location(sweep_dir, option, ("multirun.yaml",))
+    check_location(sweep_dir, option, ("multirun.yaml", ".sweep.json.tmp"))
     pid = runlock.holder(sweep_dir)
     if pid is not None:
         raise runlock.busy(sweep_dir, pid, "sweep directory", fix)
@@ -180,7 +180,7 @@ def claim_sweep(sweep_dir: Path, config: Any, continues: bool) -> bool:
     if sweep_dir.is_dir():
         resume = effective_resume(config.trainer.get("resume"), say=False)
         for trial in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            check_location(trial, option, hydra_writes(str(config.hydra.job.name)))
+            check_location(trial, option, written_in_place(str(config.hydra.job.name)))
             pid = runlock.holder(trial)  # a worker of a sweep killed a moment ago, still saving its step
             if pid is not None:
                 raise runlock.busy(trial, pid, fix=fix)
@@ -279,7 +279,7 @@ def refuse_reuse_before_hydra(args: list[str]) -> str | None:
             job_name = str(cfg.hydra.job.name)
     except (HydraException, OmegaConfBaseException):
         return None  # a mistake in the overrides: Hydra says it, in one line, when it starts
-    check_location(run_dir, "hydra.run.dir", hydra_writes(job_name))
+    check_location(run_dir, "hydra.run.dir", written_in_place(job_name))
     pid = runlock.holder(run_dir)
     if pid is not None:
         raise runlock.busy(run_dir, pid)

@@ -187,7 +187,7 @@ class _Stopped(BaseException):
 def run_trial(config: DictConfig, run_dir: Path, parent: int, hydra_context: Any, task_function: Any,
               singleton_state: dict[Any, Any]) -> Trial:
     """One trial in a worker: see the module's docstring."""
-    from dlrun.rundir import claim, effective_resume, hydra_writes
+    from dlrun.rundir import claim, effective_resume, written_in_place
 
     worker = os.getpid() != parent  # joblib runs a single job at a time in the sweep's own process
     if worker:
@@ -201,7 +201,7 @@ def run_trial(config: DictConfig, run_dir: Path, parent: int, hydra_context: Any
             Singleton.set_state(singleton_state)
             HydraConfig.instance().set_config(config)
             claim(run_dir, effective_resume(OmegaConf.select(config, "trainer.resume"), say=False),
-                  "hydra.sweep.dir", hydra_writes(str(config.hydra.job.name)))
+                  "hydra.sweep.dir", written_in_place(str(config.hydra.job.name)))
             try:
                 trial.job = run_job(hydra_context=hydra_context, task_function=task_function, config=config,
                                     job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")

@@ -25,12 +25,12 @@ class RunDirGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if os.environ.get("RANK", "0") != "0":  # torchrun's other ranks write nothing there
             return
-        from dlrun.rundir import claim, effective_resume, hydra_writes
+        from dlrun.rundir import claim, effective_resume, written_in_place
 
         with _one_line():
             run_dir = _resolved(config, "hydra.run.dir")
             resume = effective_resume(OmegaConf.select(config, "trainer.resume"), say=False)
-            claim(run_dir, resume, "hydra.run.dir", hydra_writes(str(config.hydra.job.name)))
+            claim(run_dir, resume, "hydra.run.dir", written_in_place(str(config.hydra.job.name)))
             self.run_dir = run_dir
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
