@@ -192,10 +192,13 @@ def check_group_choices(args: list[str]) -> None:
             continue
         value = override.value()
         names = value.list if isinstance(value, ChoiceSweep) else value if isinstance(value, list) else [value]
-        if not all(isinstance(name, str) for name in names):
+        # A name is a file's: one too long for the file system fails in Hydra's os.stat (a traceback).
+        if not all(isinstance(name, str) and len(f"{name}.yaml".encode()) <= 255 for name in names):
+            from dlrun.runlock import shown
+
             group = override.key_or_group
             options = sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
-            raise UserError(f"{override.input_line}: {group} takes the name of one of its "
+            raise UserError(f"{shown(override.input_line)}: {group} takes the name of one of its "
                             f"configs: {', '.join(options)}")
 
 
@@ -280,9 +283,8 @@ def train(rest: list[str]) -> None:
         if not _full_error:  # the ranks decide for themselves, as the user asked
             os.environ.pop("HYDRA_FULL_ERROR", None)
         sys.exit(launch(devices, rest))
-    from dlrun.rundir import refuse_reuse_before_hydra
-
-    refuse_reuse_before_hydra(rest)
+    # The run (or sweep) directory is checked and locked once Hydra has resolved its name, before
+    # Hydra writes there: dlrun.train.app.RunDirGuard, a callback configs/train.yaml installs.
     from dlrun.train.app import train_app
 
     train_app()

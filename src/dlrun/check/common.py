@@ -84,13 +84,17 @@ def compose(args: list[str], config: str = "train", extra: tuple[str, ...] = ("+
 
 
 def output_dir(out: Path) -> Path:
-    """check.out made, or one line: a check never writes over another's check.json."""
+    """check.out made and locked for this process (dlrun.runlock), or one line: a check never writes
+    over another's check.json, nor beside a check (or a run) that is writing there."""
+    from dlrun import runlock
+
     if (out / "check.json").exists():
         raise UserError(f"check.out={out} already holds a check.json; choose another directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"check.out={out}: cannot make the directory ({exc.strerror}); choose another") from None
+    runlock.acquire(out, "check.out directory", "choose another check.out")  # held until the check's process ends
     return out
 
 

@@ -4,7 +4,9 @@ them to Hydra's launcher (basic: one after the other in this process; joblib: sw
 Its state is the sweep directory itself: trial i runs in DIR/i, and a trial whose summary.json says
 it ended (finished, early_stopped, stopped, failed) is not run again. Running the same command
 with the same hydra.sweep.dir after a kill runs only the rest; a trial the kill cut short
-continues from its own last.pt (every trial runs with trainer.resume=auto).
+continues from its own last.pt (every trial runs with trainer.resume=auto). Another sweep (other
+overrides, sweep.seed or sweep.space) into that directory is refused before anything is written
+(dlrun.rundir.claim_sweep, from the RunDirGuard callback), and so is one while the sweep runs.
 
 A trial that raises or diverges is recorded as failed and the sweep goes on; at the end the exit
 status is 1 if any trial failed (0: all ended well), and DIR/sweep.json lists every trial.
@@ -23,6 +25,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from dlrun import runlock
 from dlrun.sweep.space import as_override, dimensions, sample
 
 log = logging.getLogger("dlrun")
@@ -84,7 +87,14 @@ class SearchSweeper(Sweeper):
         assert self.config is not None and self.launcher is not None
         sweep_dir = Path(self.config.hydra.sweep.dir)
         trials = self.trials(arguments)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        # One sweep writes a sweep directory (re-entrant: the RunDirGuard callback locked it if it existed).
+        runlock.acquire(sweep_dir, "sweep directory", "pass a new hydra.sweep.dir")
+        try:
+            return self.run_trials(sweep_dir, trials)
+        finally:
+            runlock.release(sweep_dir)
+
+    def run_trials(self, sweep_dir: Path, trials: list[list[str]]) -> None:
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         todo = [i for i, _ in enumerate(trials)
                 if (trial_status(sweep_dir / str(i)) or {}).get("status") not in ENDED]
@@ -92,10 +102,14 @@ class SearchSweeper(Sweeper):
             log.info(f"sweep: {len(trials) - len(todo)} of {len(trials)} trials in {sweep_dir} have ended; "
                      f"running the other {len(todo)}")
         n_jobs = int(self.config.sweep.n_jobs)
-        for batch in _consecutive_batches(todo, n_jobs):
-            # The launcher numbers jobs from initial_job_idx: trial i always runs in DIR/i.
-            self.launcher.launch([trials[i] for i in batch], initial_job_idx=batch[0])
+        try:
+            for batch in _consecutive_batches(todo, n_jobs):
+                # The launcher numbers jobs from initial_job_idx: trial i always runs in DIR/i.
+                self.launcher.launch([trials[i] for i in batch], initial_job_idx=batch[0])
+                self.write_report(sweep_dir, trials)
+        except SystemExit:  # a signal stopped the sweep (130, 143): sweep.json says where each trial is
             self.write_report(sweep_dir, trials)
+            raise
         failed = self.write_report(sweep_dir, trials)
         if failed:
             print(f"dlrun train: {failed} of {len(trials)} trials failed; see {sweep_dir / 'sweep.json'}",

@@ -2,13 +2,86 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
+from typing import Any, Iterator
 
 import hydra
-from omegaconf import DictConfig, open_dict
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dlrun.paths import CONFIG_DIR
+
+
+class RunDirGuard(Callback):
+    """configs/train.yaml's hydra.callbacks: the run (or sweep) directory, as Hydra resolved it,
+    checked and locked (dlrun.rundir.claim) before Hydra writes .hydra/ and train.log there.
+
+    A refusal ends the process here, in one line: Hydra turns a callback's exception into a
+    warning and goes on writing."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if os.environ.get("RANK", "0") != "0":  # torchrun's other ranks write nothing there
+            return
+        from dlrun.rundir import claim, effective_resume, written_in_place
+
+        with _one_line():
+            run_dir = _resolved(config, "hydra.run.dir")
+            resume = effective_resume(OmegaConf.select(config, "trainer.resume"), say=False)
+            claim(run_dir, resume, "hydra.run.dir", written_in_place(str(config.hydra.job.name)))
+            self.run_dir = run_dir
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from dlrun import runlock
+
+        if getattr(self, "run_dir", None) is not None:
+            runlock.release(self.run_dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from dlrun.rundir import claim_sweep
+
+        with _one_line():
+            sweep_dir = _resolved(config, "hydra.sweep.dir")
+            continues = str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).endswith("SearchSweeper")
+            if claim_sweep(sweep_dir, config, continues):
+                self.sweep_dir = sweep_dir
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from dlrun import runlock
+
+        if getattr(self, "sweep_dir", None) is not None:
+            runlock.release(self.sweep_dir)
+
+
+def _resolved(config: DictConfig, key: str) -> Path:
+    """hydra.run.dir or hydra.sweep.dir as Hydra will resolve it (its ${now:...} is cached in config)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().set_config(config)  # for ${hydra:...}, as run_job sets it
+    return Path(os.path.abspath(str(OmegaConf.select(config, key))))
+
+
+@contextlib.contextmanager
+def _one_line() -> Iterator[None]:
+    """A UserError, or a directory's name that cannot be resolved, as the CLI's one line and exit 2."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from dlrun.errors import UserError
+
+    try:
+        yield
+    except (UserError, OmegaConfBaseException) as exc:
+        from dlrun.cli import fail
+
+        try:
+            fail("train", exc)
+        except (UserError, OmegaConfBaseException):  # HYDRA_FULL_ERROR=1: the traceback asked for, then 2
+            import traceback
+
+            traceback.print_exc()
+            sys.exit(2)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -20,7 +20,8 @@ from dlrun.config import number
 from dlrun.data import Data
 from dlrun.errors import UserError
 from dlrun.losses import Loss, build_loss, check_targets
-from dlrun.rundir import refuse_reuse
+from dlrun import runlock
+from dlrun.rundir import claim, deleted_mid_run
 from dlrun.schema import validate
 from dlrun.strict_json import finite
 from dlrun.regularization import Regularization, parameter_groups, regularization
@@ -343,6 +344,22 @@ def error_line(exc: BaseException) -> str:
 
 
 def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train as `cfg` says, writing everything into `run_dir`; return the summary (see _train).
+
+    Rank 0 holds run_dir's lock throughout (dlrun.runlock; re-entrant: under `dlrun train` Hydra's
+    callback took it first): a run already there is continued (trainer.resume), never overwritten,
+    and no other process writes there meanwhile."""
+    if not distributed.from_env().main:
+        return _train(cfg, run_dir, choices)
+    claim(Path(run_dir), OmegaConf.select(cfg, "trainer.resume", default=None))
+    try:
+        with deleted_mid_run(run_dir):
+            return _train(cfg, run_dir, choices)
+    finally:
+        runlock.release(run_dir)
+
+
+def _train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -> dict[str, Any]:
     """Train as `cfg` says, writing everything into `run_dir`; return the summary.
 
     summary.json says "running" once the settings are checked and training starts, then how it
@@ -357,9 +374,6 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
     world = distributed.from_env()
     main = world.main
     write = write_json if main else lambda obj, path: None
-    # A run already there is continued (trainer.resume), never overwritten (rank 0 has checked).
-    if main:
-        refuse_reuse(run_dir, OmegaConf.select(cfg, "trainer.resume", default=None))
     try:
         validate(cfg)
         t = cfg.trainer
@@ -373,7 +387,9 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None)
             write({"status": "failed", "error": error_line(exc), "choices": choices}, run_dir / "summary.json")
         raise
     data, model, device, precision = parts.data, parts.model, parts.device, parts.precision
-    for stale in checkpoint.remove_partial_writes(run_dir / "checkpoints") if main else ():
+    # A .NAME.PID.tmp is a killed process's unfinished write only while no process holds the lock:
+    # this one does (train), so no other is writing there.
+    for stale in checkpoint.remove_partial_writes(run_dir / "checkpoints") if main and runlock.holds(run_dir) else ():
         log.info(f"removed {stale}, a checkpoint write a killed process left unfinished")
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # model.freeze leaves the rest out
