@@ -333,6 +333,18 @@ def test_resume_auto_with_another_recipe_changes_nothing_in_its_run_directory(ru
     assert files(again) == before
 
 
+def test_a_resume_refused_for_its_recipe_through_the_cli_leaves_hydras_files_as_they_were(tmp_path, capsys):
+    """The recipe is checked in the run directory's guard, before Hydra rewrites .hydra/ (config.yaml,
+    overrides.yaml, hydra.yaml: what dlrun report and dlrun eval read)."""
+    run_dir = tmp_path / "run"
+    cli_main(["train", f"hydra.run.dir={run_dir}", *RECIPE, "trainer.stop_at_epoch=1"])
+    before = files(run_dir)
+    assert (run_dir / ".hydra" / "overrides.yaml") in before
+    code, lines = cli(capsys, "train", f"hydra.run.dir={run_dir}", *RECIPE, "optim.lr=0.05", "trainer.resume=auto")
+    assert code == 2 and len(lines) == 1 and "another recipe (optim.lr: 0.0001 there, 0.05 now)" in lines[0], lines
+    assert files(run_dir) == before
+
+
 def test_a_resume_may_change_how_and_how_long_it_runs_and_summary_records_it(tmp_path):
     recipe = ("trainer.device=cpu", "model.hidden=[32]", "optim.lr=1e-3", "sched=step", "sched.step_size=1")
     train(tmp_path / "first", *recipe, "trainer.epochs=2", "trainer.stop_at_epoch=1")

@@ -32,6 +32,11 @@ class RunDirGuard(Callback):
             resume = effective_resume(OmegaConf.select(config, "trainer.resume"), say=False)
             claim(run_dir, resume, "hydra.run.dir", written_in_place(str(config.hydra.job.name)))
             self.run_dir = run_dir
+            if resume:  # a checkpoint under another recipe is refused before Hydra rewrites .hydra/
+                from dlrun.train.resume import pick
+
+                job = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+                pick(job, run_dir, resume)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         from dlrun import runlock
