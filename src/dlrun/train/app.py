@@ -25,15 +25,15 @@ class RunDirGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if os.environ.get("RANK", "0") != "0":  # torchrun's other ranks write nothing there
             return
-        from dlrun.rundir import claim, effective_resume, written_in_place
+        from dlrun.rundir import claim, effective_resume, held_run, written_in_place
 
         with _one_line():
             run_dir = _resolved(config, "hydra.run.dir")
             resume = effective_resume(OmegaConf.select(config, "trainer.resume"), say=False)
             claim(run_dir, resume, "hydra.run.dir", written_in_place(str(config.hydra.job.name)))
             self.run_dir = run_dir
-            if resume:  # a checkpoint under another recipe is refused before Hydra rewrites .hydra/
-                from dlrun.train.resume import pick
+            if resume and held_run(run_dir):  # continuing a run under another recipe is refused
+                from dlrun.train.resume import pick  # before Hydra rewrites that run's .hydra/
 
                 job = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
                 pick(job, run_dir, resume)
