@@ -58,6 +58,12 @@ def one_line(exc: BaseException) -> str:
     and OmegaConf's key dumps are dropped.
     """
     text = str(exc)
+    key = getattr(exc, "full_key", None)
+    if key and type(exc).__name__.startswith(("Interpolation", "UnsupportedInterpolation")):
+        # OmegaConf names the key only on a line of its own, which is dropped below
+        first, _, rest = text.partition("\n")
+        text = (f"{key}: {first}; a ${{...}} value names another key of the config (e.g. ${{trainer.epochs}}) "
+                f"or a resolver (${{oc.env:NAME}})\n{rest}")
     cause = exc.__cause__
     if cause is not None and str(cause) not in text:
         text += "\n" + str(cause)
