@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import NoReturn
 
@@ -84,16 +86,38 @@ def one_line(exc: BaseException) -> str:
 _full_error = False
 
 
+def say(line: str) -> None:
+    """A line for the user on stderr, flushed (a rank ends with os._exit), and once from N ranks."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "torch.distributed" in sys.modules:
+        from dlrun.train.distributed import say_once
+
+        say_once(line)
+    elif os.environ.get("RANK", "0") == "0":  # interrupted while importing torch: rank 0 says it
+        print(line, file=sys.stderr, flush=True)
+
+
 def fail(command: str, exc: BaseException) -> NoReturn:
     """A user's mistake: one line on stderr and exit 2, or the traceback if they asked for it."""
     if _full_error:
         raise exc
-    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank finds the same mistake: rank 0 says it
-        print(f"dlrun {command}: error: {one_line(exc)}", file=sys.stderr)
+    say(f"dlrun {command}: error: {one_line(exc)}")
     sys.exit(2)
 
 
+def interrupted(command: str) -> int:
+    """Ctrl-C outside the training loop (which saves and stops on its own): one line; the exit status."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a launcher passes it on again: this line is the last word
+    say(f"dlrun {command}: error: interrupted by SIGINT (Ctrl-C) before it finished; what was on disk before "
+        "is as it was: run the command again")
+    return 130
+
+
 def main(argv: list[str] | None = None) -> None:
+    from dlrun.train.interrupt import interrupt_once
+
+    argv = sys.argv[1:] if argv is None else argv
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, interrupt_once) if main_thread else None
     try:
         _main(argv)
         sys.stdout.flush()  # here, so that a reader that has gone is caught below
@@ -103,11 +127,15 @@ def main(argv: list[str] | None = None) -> None:
         # without a traceback, as rich's console does when its tables meet a closed pipe.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except KeyboardInterrupt:  # while importing torch, composing, building data and model, ...
+        sys.exit(interrupted(argv[0] if argv and argv[0] in COMMANDS else "dlrun"))
+    finally:
+        if main_thread:  # as the caller had it (a test that runs main in its process)
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
-def _main(argv: list[str] | None) -> None:
+def _main(argv: list[str]) -> None:
     global _full_error
-    argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return
@@ -268,6 +296,8 @@ def train(rest: list[str]) -> None:
             train_app()
         except SystemExit as exc:  # a mistake's 2, a signal's 130 or 143
             code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        except KeyboardInterrupt:  # said here: the rank ends with os._exit below
+            code = interrupted("train")
         finally:
             distributed.destroy_process_group()
         # The rank ends without the interpreter's finalization, where gloo's threads can still abort
