@@ -9,6 +9,7 @@ a signal comes, so the tests wait for states (a file a rank touches, a process e
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -132,6 +133,36 @@ def test_ctrl_c_during_the_start_up_of_two_ranks_is_one_line_and_exit_130(tmp_pa
     assert [line for line in err.splitlines() if line.strip()] == [
         "dlrun train: error: interrupted by SIGINT (Ctrl-C) before it finished; what was on disk before is as it "
         "was: run the command again"], err
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_parallel_sweep_is_one_line_and_exit_130(tmp_path):
+    """It was joblib's KeyboardInterrupt traceback. (What the workers save is the sweeper's part.)"""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "dlrun", "train", "-m", "sweep=random", "sweep.n_jobs=2",
+                             "sweep.n_trials=4", "trainer.epochs=30", "trainer.device=cpu", f"hydra.sweep.dir={sweep}"],
+                            cwd=tmp_path, env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while statuses(sweep).count("running") < 2:  # both workers are training
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the sweep and its workers
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "dlrun train: error: interrupted by SIGINT (Ctrl-C) before it finished; what was on disk before is as it "
+        "was: run the command again"], err
+
+
+def statuses(sweep: Path) -> list[str]:
+    found = []
+    for path in sorted(sweep.glob("*/summary.json")):
+        try:
+            found.append(json.loads(path.read_text())["status"])
+        except ValueError:  # being written
+            pass
+    return found
 
 
 # ------------------------------------------------------------------------------- item 9: Hydra's preamble
