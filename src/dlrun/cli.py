@@ -104,10 +104,10 @@ def fail(command: str, exc: BaseException) -> NoReturn:
     sys.exit(2)
 
 
-def interrupted(command: str) -> int:
+def interrupted(command: str | None) -> int:
     """Ctrl-C outside the training loop (which saves and stops on its own): one line; the exit status."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a launcher passes it on again: this line is the last word
-    say(f"dlrun {command}: error: interrupted by SIGINT (Ctrl-C) before it finished; what was on disk before "
+    say(f"dlrun{' ' + command if command else ''}: error: interrupted by SIGINT (Ctrl-C) before it finished; what was on disk before "
         "is as it was: run the command again")
     return 130
 
@@ -128,9 +128,11 @@ def main(argv: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     except KeyboardInterrupt:  # while importing torch, composing, building data and model, ...
-        sys.exit(interrupted(argv[0] if argv and argv[0] in COMMANDS else "dlrun"))
+        sys.exit(interrupted(argv[0] if argv and argv[0] in COMMANDS else None))
     finally:
-        if main_thread:  # as the caller had it (a test that runs main in its process)
+        # As the caller had it (a test that runs main in its process), unless a Ctrl-C is ending the
+        # process: then a second one stays ignored through the interpreter's exit.
+        if main_thread and signal.getsignal(signal.SIGINT) is interrupt_once:
             signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
