@@ -125,7 +125,8 @@ CHOICES = {"model": ["mlp", "cnn", "lenet", "rnn", "lstm", "gru", "resnet"], "op
            "sched": options("sched"), "reg": options("reg"), "init": options("init"), "loss": options("loss")}
 VALUES = ["-1", "2,3", "0", "1", "2", "3", "0.5", "-0.5", "1e-3", "2.5", "1e30", "-1e30", "nan", "inf", "-inf", "abc", "null",
           "true", "false", "[]", "[1,2]", "[-1]", "[0.5,0.5]", "[abc]", "''", "{a:1}", "auto", "none", "relu", "max",
-          "step", "epoch", "/no/such/path", "imagenet", "'${oops}'"]
+          "step", "epoch", "/no/such/path", "imagenet", "'${oops}'",
+          "a" * 5000, "1" * 5000]  # no file has a name that long; Python converts at most 4300 digits
 
 
 @functools.lru_cache(maxsize=None)

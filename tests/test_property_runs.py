@@ -67,6 +67,12 @@ def cases(tmp_path_factory):
 # "Error executing job with overrides" line came first), there from the schema's check or from app.py.
 @example(((), ["optim.eps='${oops}'"]))
 @example(((), ["trainer.resume='${oops}'"]))
+# Values too long: a group's name no file can have and a path no file can have (OSError: file name
+# too long, from Hydra's config search and from the schema's check), 5,000 digits (a ValueError
+# from Hydra's parser).
+@example(((), ["model=" + "a" * 5000]))
+@example(((), ["trainer.resume=" + "a" * 5000]))
+@example(((), ["optim.lr=" + "1" * 5000]))
 def test_random_overrides_on_real_runs_end_well_or_in_one_line(cases, drawn):
     choices, overrides = drawn
     run_dir = cases / "run"

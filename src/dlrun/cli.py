@@ -214,7 +214,10 @@ def quote_dimension(arg: str) -> str:
 
 def check_group_choices(args: list[str]) -> None:
     """A group override must name the group's options: `model=1.5` fails here in one line (Hydra
-    would raise a ValueError from deep inside its defaults list, a traceback)."""
+    would raise a ValueError from deep inside its defaults list, a traceback), and so does a name
+    no file can have (longer than the 255 characters of a file name: an OSError from Hydra's
+    search for it) and a value Hydra's parser cannot read (an integer of more digits than Python
+    converts: a ValueError from inside the parser)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ChoiceSweep
 
@@ -222,17 +225,26 @@ def check_group_choices(args: list[str]) -> None:
     from dlrun.paths import CONFIG_DIR
 
     groups = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
-    overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
-    for override in overrides:
+    parser = OverridesParser.create()
+    for arg in [a for a in args if "=" in a and not a.startswith("-")]:
+        try:
+            (override,) = parser.parse_overrides([arg])
+        except ValueError as exc:  # "Exceeds the limit (4300 digits) for integer string conversion"
+            raise UserError(f"{_short(arg)}: {str(exc).split(';')[0]}; write it with fewer digits") from None
         if override.key_or_group not in groups or override.is_delete():
             continue
         value = override.value()
         names = value.list if isinstance(value, ChoiceSweep) else value if isinstance(value, list) else [value]
-        if not all(isinstance(name, str) for name in names):
+        if not all(isinstance(name, str) and len(name) + len(".yaml") <= 255 for name in names):
             group = override.key_or_group
             options = sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
-            raise UserError(f"{override.input_line}: {group} takes the name of one of its "
+            raise UserError(f"{_short(override.input_line)}: {group} takes the name of one of its "
                             f"configs: {', '.join(options)}")
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """A value as long as a page, cut for the one line that names it."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _run(command: str, rest: list[str]) -> None:
