@@ -45,6 +45,15 @@ if os.environ.get("RANK", "0") in os.environ["DLRUN_TEST_HOLD_RANKS"].split(",")
 """
 
 
+@pytest.fixture(autouse=True)
+def sigint_as_in_a_terminal():
+    """The processes these tests start get SIGINT at its default, as from a terminal, even where
+    this suite runs as a script's background job (SIGINT ignored, which children inherit)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def start(args: list[str], cwd: Path, hold: str, ranks: str = "0", command: list[str] | None = None) -> subprocess.Popen:
     hook = cwd / "hook"
     hook.mkdir(exist_ok=True)

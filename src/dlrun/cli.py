@@ -116,8 +116,11 @@ def main(argv: list[str] | None = None) -> None:
     from dlrun.train.interrupt import interrupt_once
 
     argv = sys.argv[1:] if argv is None else argv
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, interrupt_once) if main_thread else None
+    # Python's own handler only: a SIGINT the process was started with ignored (a background job
+    # of a script) stays ignored, as Python leaves it.
+    ours = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    previous = signal.signal(signal.SIGINT, interrupt_once) if ours else None
     try:
         _main(argv)
         sys.stdout.flush()  # here, so that a reader that has gone is caught below
@@ -132,8 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         # As the caller had it (a test that runs main in its process), unless a Ctrl-C is ending the
         # process: then a second one stays ignored through the interpreter's exit.
-        if main_thread and signal.getsignal(signal.SIGINT) is interrupt_once:
-            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        if ours and signal.getsignal(signal.SIGINT) is interrupt_once:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _main(argv: list[str]) -> None:
