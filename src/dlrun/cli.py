@@ -89,10 +89,14 @@ _full_error = False
 def say(line: str) -> None:
     """A line for the user on stderr, flushed (a rank ends with os._exit), and once from N ranks."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "torch.distributed" in sys.modules:
-        from dlrun.train.distributed import say_once
-
-        say_once(line)
-    elif os.environ.get("RANK", "0") == "0":  # interrupted while importing torch: rank 0 says it
+        try:
+            from dlrun.train.distributed import say_once
+        except Exception:  # a torch half imported when a Ctrl-C came: rank 0 says it
+            pass
+        else:
+            say_once(line)
+            return
+    if os.environ.get("RANK", "0") == "0":  # alone, or no torch to meet the other ranks in: rank 0 says it
         print(line, file=sys.stderr, flush=True)
 
 
