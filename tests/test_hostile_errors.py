@@ -23,6 +23,8 @@ from dlrun.cli import main as cli_main
 from tests.conftest import train
 
 ENV = {"OMP_NUM_THREADS": "1", "COLUMNS": "120"}
+INTERRUPTED = ("dlrun train: error: interrupted by SIGINT (Ctrl-C) before it finished; what was on disk before is as "
+               "it was: run the command again")
 
 # The ranks the test names (rank 0: also the one process) stop at a function of dlrun.train.run and
 # wait for a signal: SIGTERM's default action (the launcher ending a rank) or dlrun's SIGINT handler
@@ -54,7 +56,8 @@ def sigint_as_in_a_terminal():
     signal.signal(signal.SIGINT, previous)
 
 
-def start(args: list[str], cwd: Path, hold: str, ranks: str = "0", command: list[str] | None = None) -> subprocess.Popen:
+def start(args: list[str], cwd: Path, hold: str, ranks: str = "0",
+          command: list[str] | None = None) -> subprocess.Popen:
     hook = cwd / "hook"
     hook.mkdir(exist_ok=True)
     (hook / "sitecustomize.py").write_text(HOOK)
@@ -124,9 +127,7 @@ def test_ctrl_c_during_start_up_is_one_line_exit_130_and_the_run_it_continues_is
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert [line for line in err.splitlines() if line.strip()] == [
-        "dlrun train: error: interrupted by SIGINT (Ctrl-C) before it finished; what was on disk before is as it "
-        "was: run the command again"], err
+    assert [line for line in err.splitlines() if line.strip()] == [INTERRUPTED], err
     assert snapshot(run_dir) == before
 
 
@@ -139,9 +140,7 @@ def test_ctrl_c_during_the_start_up_of_two_ranks_is_one_line_and_exit_130(tmp_pa
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal does: the whole foreground process group
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert [line for line in err.splitlines() if line.strip()] == [
-        "dlrun train: error: interrupted by SIGINT (Ctrl-C) before it finished; what was on disk before is as it "
-        "was: run the command again"], err
+    assert [line for line in err.splitlines() if line.strip()] == [INTERRUPTED], err
 
 
 @pytest.mark.slow
@@ -159,9 +158,7 @@ def test_ctrl_c_on_a_parallel_sweep_is_one_line_and_exit_130(tmp_path):
     os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the sweep and its workers
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert [line for line in err.splitlines() if line.strip()] == [
-        "dlrun train: error: interrupted by SIGINT (Ctrl-C) before it finished; what was on disk before is as it "
-        "was: run the command again"], err
+    assert [line for line in err.splitlines() if line.strip()] == [INTERRUPTED], err
 
 
 def statuses(sweep: Path) -> list[str]:
@@ -175,15 +172,15 @@ def statuses(sweep: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------- item 9: Hydra's preamble
-@pytest.mark.parametrize("overrides,line", [
+@pytest.mark.parametrize("overrides,expected", [
     (["optim.eps='${oops}'"], "dlrun train: error: optim.eps: Interpolation key 'oops' not found; a ${...} value "
                               "names another key of the config"),
     (["trainer.resume='${oops}'"], "dlrun train: error: trainer.resume: Interpolation key 'oops' not found;"),
     (["-m", "optim.lr=0.01,-1"], "dlrun train: error: optim.lr=-1 must be a number > 0"),  # Hydra's own sweeper
 ], ids=["in-the-schema", "in-app.py", "plain-multirun"])
-def test_an_error_raised_inside_the_job_is_one_line_without_hydras_preamble(tmp_path, capsys, overrides, line):
+def test_an_error_raised_inside_the_job_is_one_line_without_hydras_preamble(tmp_path, capsys, overrides, expected):
     with pytest.raises(SystemExit) as exit_:
         cli_main(["train", *overrides, "trainer.max_steps=1", "trainer.device=cpu", f"hydra.run.dir={tmp_path / 'r'}",
                   f"hydra.sweep.dir={tmp_path / 's'}"])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith(line), err
+    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith(expected), err

@@ -111,8 +111,9 @@ def fail(command: str, exc: BaseException) -> NoReturn:
 def interrupted(command: str | None) -> int:
     """Ctrl-C outside the training loop (which saves and stops on its own): one line; the exit status."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a launcher passes it on again: this line is the last word
-    say(f"dlrun{' ' + command if command else ''}: error: interrupted by SIGINT (Ctrl-C) before it finished; what was on disk before "
-        "is as it was: run the command again")
+    who = f"dlrun {command}" if command else "dlrun"
+    say(f"{who}: error: interrupted by SIGINT (Ctrl-C) before it finished; what was on disk before is as it was: "
+        "run the command again")
     return 130
 
 

@@ -38,7 +38,8 @@ def one_line_errors(task: Callable[[DictConfig], float | None]) -> Callable[[Dic
             return task(cfg)
         except (UserError, HydraException, OmegaConfBaseException) as exc:  # e.g. an interpolation of nothing
             hydra_cfg = HydraConfig.get()
-            if hydra_cfg.mode == RunMode.MULTIRUN and (hydra_cfg.sweeper._target_, hydra_cfg.launcher._target_) != BASIC:
+            plugins = (hydra_cfg.sweeper._target_, hydra_cfg.launcher._target_)
+            if hydra_cfg.mode == RunMode.MULTIRUN and plugins != BASIC:
                 raise
             fail("train", exc)
 
