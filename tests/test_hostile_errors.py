@@ -105,6 +105,7 @@ def test_a_mistake_rank_0_reaches_last_still_reaches_the_user_once(tmp_path):
     assert not (tmp_path / "r").exists() or not list((tmp_path / "r").rglob("*.pt"))
 
 
+@pytest.mark.slow
 def test_under_torchrun_the_mistake_is_said_once_whichever_rank_finds_it_first(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dlrun",
                 "train"]
