@@ -15,8 +15,11 @@ import contextlib
 import io
 import json
 import logging
+import os
 import shutil
 import sys
+import tempfile
+import warnings
 
 import pytest
 import torch
@@ -32,17 +35,31 @@ FIXED = ("trainer.max_steps=1", "trainer.device=cpu")
 
 
 def run_cli(*args: str) -> tuple[int, str]:
-    """`dlrun train ARGS` in this process: (exit status, stderr), the process's state put back after."""
+    """`dlrun train ARGS` in this process: (exit status, stderr), the process's state put back after.
+
+    stderr is all a user would see there: what Python code writes to sys.stderr, Python's warnings
+    (pytest would record them instead), shown under the interpreter's default filters, and what C
+    code writes to file descriptor 2."""
     err = io.StringIO()
     threads, deterministic, argv = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), sys.argv
     handlers = logging.getLogger().handlers[:]
+    sys.stderr.flush()
+    fd2, saved = tempfile.TemporaryFile(), os.dup(2)
+    os.dup2(fd2.fileno(), 2)
     try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.resetwarnings()  # python's defaults, as `dlrun` on a terminal has them
+            for category in (ResourceWarning, ImportWarning, PendingDeprecationWarning, DeprecationWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+                warnings.formatwarning(message, category, filename, lineno, line))
             main(["train", *args])
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     finally:
+        os.dup2(saved, 2)
+        os.close(saved)
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
         sys.argv = argv
@@ -51,7 +68,9 @@ def run_cli(*args: str) -> tuple[int, str]:
             if handler not in handlers:
                 root.removeHandler(handler)
                 handler.close()
-    return code, err.getvalue()
+    with fd2:
+        fd2.seek(0)
+        return code, err.getvalue() + fd2.read().decode(errors="replace")
 
 
 @pytest.fixture(scope="module")
