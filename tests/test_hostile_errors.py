@@ -122,8 +122,8 @@ def test_ctrl_c_during_start_up_is_one_line_exit_130_and_the_run_it_continues_is
     train(run_dir, "trainer.device=cpu", "trainer.epochs=1", "model.hidden=[16]")
     before = snapshot(run_dir)
     assert "checkpoints/last.pt" in before and "summary.json" in before
-    proc = start(["trainer.device=cpu", "trainer.epochs=2", "model.hidden=[16]", "trainer.resume=auto",
-                  f"hydra.run.dir={run_dir}"], tmp_path, "build_parts")
+    proc = start(["trainer.device=cpu", "trainer.epochs=1", "model.hidden=[16]", "trainer.resume=auto",
+                  f"hydra.run.dir={run_dir}"], tmp_path, "build_parts")  # its own recipe: a resume may not change it
     wait_until_held(proc, tmp_path / "ready")  # composed, checked, about to build data and model
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
