@@ -84,9 +84,10 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def snapshot(run_dir: Path) -> dict[str, str]:
-    """Every file of a run but Hydra's .hydra/ and train.log (a resume rewrites and appends to them)."""
+    """Every file of a run but Hydra's .hydra/ and train.log (a resume rewrites and appends to them)
+    and a run-directory lock (it names the process that holds it)."""
     return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and ".hydra" not in p.parts and p.name != "train.log"}
+            if p.is_file() and ".hydra" not in p.parts and p.name not in ("train.log", ".dlrun.lock")}
 
 
 # ------------------------------------------------------------------------------- item 10: the line reaches the user
@@ -145,8 +146,10 @@ def test_ctrl_c_during_the_start_up_of_two_ranks_is_one_line_and_exit_130(tmp_pa
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_a_parallel_sweep_is_one_line_and_exit_130(tmp_path):
-    """It was joblib's KeyboardInterrupt traceback. (What the workers save is the sweeper's part.)"""
+def test_ctrl_c_on_a_parallel_sweep_is_at_most_one_line_and_exit_130(tmp_path):
+    """It was joblib's KeyboardInterrupt traceback. A sweeper that catches the signal itself may say
+    so in its log, as an interrupted run does, and leave stderr empty. (What the workers save is the
+    sweeper's part.)"""
     sweep = tmp_path / "sweep"
     proc = subprocess.Popen([sys.executable, "-m", "dlrun", "train", "-m", "sweep=random", "sweep.n_jobs=2",
                              "sweep.n_trials=4", "trainer.epochs=30", "trainer.device=cpu", f"hydra.sweep.dir={sweep}"],
@@ -157,9 +160,10 @@ def test_ctrl_c_on_a_parallel_sweep_is_one_line_and_exit_130(tmp_path):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the sweep and its workers
-    _, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert [line for line in err.splitlines() if line.strip()] == [INTERRUPTED], err
+    assert "Traceback" not in out + err, err
+    assert [line for line in err.splitlines() if line.strip()] in ([], [INTERRUPTED]), err
 
 
 def statuses(sweep: Path) -> list[str]:
