@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import NoReturn
 
@@ -58,6 +60,12 @@ def one_line(exc: BaseException) -> str:
     and OmegaConf's key dumps are dropped.
     """
     text = str(exc)
+    key = getattr(exc, "full_key", None)
+    if key and type(exc).__name__.startswith(("Interpolation", "UnsupportedInterpolation")):
+        # OmegaConf names the key only on a line of its own, which is dropped below
+        first, _, rest = text.partition("\n")
+        text = (f"{key}: {first}; a ${{...}} value names another key of the config (e.g. ${{trainer.epochs}}) "
+                f"or a resolver (${{oc.env:NAME}})\n{rest}")
     cause = exc.__cause__
     if cause is not None and str(cause) not in text:
         text += "\n" + str(cause)
@@ -78,16 +86,46 @@ def one_line(exc: BaseException) -> str:
 _full_error = False
 
 
+def say(line: str) -> None:
+    """A line for the user on stderr, flushed (a rank ends with os._exit), and once from N ranks."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "torch.distributed" in sys.modules:
+        try:
+            from dlrun.train.distributed import say_once
+        except Exception:  # a torch half imported when a Ctrl-C came: rank 0 says it
+            pass
+        else:
+            say_once(line)
+            return
+    if os.environ.get("RANK", "0") == "0":  # alone, or no torch to meet the other ranks in: rank 0 says it
+        print(line, file=sys.stderr, flush=True)
+
+
 def fail(command: str, exc: BaseException) -> NoReturn:
     """A user's mistake: one line on stderr and exit 2, or the traceback if they asked for it."""
     if _full_error:
         raise exc
-    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank finds the same mistake: rank 0 says it
-        print(f"dlrun {command}: error: {one_line(exc)}", file=sys.stderr)
+    say(f"dlrun {command}: error: {one_line(exc)}")
     sys.exit(2)
 
 
+def interrupted(command: str | None) -> int:
+    """Ctrl-C outside the training loop (which saves and stops on its own): one line; the exit status."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a launcher passes it on again: this line is the last word
+    who = f"dlrun {command}" if command else "dlrun"
+    say(f"{who}: error: interrupted by SIGINT (Ctrl-C) before it finished; what was on disk before is as it was: "
+        "run the command again")
+    return 130
+
+
 def main(argv: list[str] | None = None) -> None:
+    from dlrun.train.interrupt import interrupt_once
+
+    argv = sys.argv[1:] if argv is None else argv
+    # Python's own handler only: a SIGINT the process was started with ignored (a background job
+    # of a script) stays ignored, as Python leaves it.
+    ours = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    previous = signal.signal(signal.SIGINT, interrupt_once) if ours else None
     try:
         _main(argv)
         sys.stdout.flush()  # here, so that a reader that has gone is caught below
@@ -97,11 +135,17 @@ def main(argv: list[str] | None = None) -> None:
         # without a traceback, as rich's console does when its tables meet a closed pipe.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except KeyboardInterrupt:  # while importing torch, composing, building data and model, ...
+        sys.exit(interrupted(argv[0] if argv and argv[0] in COMMANDS else None))
+    finally:
+        # As the caller had it (a test that runs main in its process), unless a Ctrl-C is ending the
+        # process: then a second one stays ignored through the interpreter's exit.
+        if ours and signal.getsignal(signal.SIGINT) is interrupt_once:
+            signal.signal(signal.SIGINT, previous)
 
 
-def _main(argv: list[str] | None) -> None:
+def _main(argv: list[str]) -> None:
     global _full_error
-    argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return
@@ -178,7 +222,10 @@ def quote_dimension(arg: str) -> str:
 
 def check_group_choices(args: list[str]) -> None:
     """A group override must name the group's options: `model=1.5` fails here in one line (Hydra
-    would raise a ValueError from deep inside its defaults list, a traceback)."""
+    would raise a ValueError from deep inside its defaults list, a traceback), and so does a name
+    no file can have (longer than the 255 characters of a file name: an OSError from Hydra's
+    search for it) and a value Hydra's parser cannot read (an integer of more digits than Python
+    converts: a ValueError from inside the parser)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ChoiceSweep
 
@@ -186,8 +233,12 @@ def check_group_choices(args: list[str]) -> None:
     from dlrun.paths import CONFIG_DIR
 
     groups = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
-    overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
-    for override in overrides:
+    parser = OverridesParser.create()
+    for arg in [a for a in args if "=" in a and not a.startswith("-")]:
+        try:
+            (override,) = parser.parse_overrides([arg])
+        except ValueError as exc:  # "Exceeds the limit (4300 digits) for integer string conversion"
+            raise UserError(f"{_short(arg)}: {str(exc).split(';')[0]}; write it with fewer digits") from None
         if override.key_or_group not in groups or override.is_delete():
             continue
         value = override.value()
@@ -200,6 +251,11 @@ def check_group_choices(args: list[str]) -> None:
             options = sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
             raise UserError(f"{shown(override.input_line)}: {group} takes the name of one of its "
                             f"configs: {', '.join(options)}")
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """A value as long as a page, cut for the one line that names it."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _run(command: str, rest: list[str]) -> None:
@@ -265,6 +321,8 @@ def train(rest: list[str]) -> None:
             train_app()
         except SystemExit as exc:  # a mistake's 2, a signal's 130 or 143
             code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        except KeyboardInterrupt:  # said here: the rank ends with os._exit below
+            code = interrupted("train")
         finally:
             distributed.destroy_process_group()
         # The rank ends without the interpreter's finalization, where gloo's threads can still abort

@@ -15,6 +15,7 @@ unchecked, as Hydra would; its constructor is the judge.
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -127,7 +128,7 @@ def _fits(value: Any, kind: Any, rule: Rule) -> bool:
         if ((rule.ge is not None and value < rule.ge) or (rule.gt is not None and value <= rule.gt)
                 or (rule.le is not None and value > rule.le) or (rule.lt is not None and value >= rule.lt)):
             return False
-    if rule.path and not Path(str(value)).expanduser().exists():
+    if rule.path and not os.path.exists(os.path.expanduser(str(value))):  # False for a name too long, too
         return False
     return True
 

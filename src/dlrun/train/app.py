@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import hydra
 from hydra.experimental.callback import Callback
@@ -89,13 +90,44 @@ def _one_line() -> Iterator[None]:
             sys.exit(2)
 
 
+# Hydra's own sweeper and launcher: a plain -m runs its jobs one after the other in this process
+# and stops at the first that fails.
+BASIC = ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+         "hydra._internal.core_plugins.basic_launcher.BasicLauncher")
+
+
+def one_line_errors(task: Callable[[DictConfig], float | None]) -> Callable[[DictConfig], float | None]:
+    """A mistake found inside the job ends here in the CLI's one line: past this, Hydra would print
+    "Error executing job with overrides: [...]" before it. A trial of sweep=random raises it on: its
+    sweeper records the trial as failed and goes on with the others."""
+
+    @functools.wraps(task)
+    def run(cfg: DictConfig) -> float | None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.errors import HydraException
+        from hydra.types import RunMode
+        from omegaconf.errors import OmegaConfBaseException
+
+        from dlrun.cli import fail
+        from dlrun.errors import UserError
+
+        try:
+            return task(cfg)
+        except (UserError, HydraException, OmegaConfBaseException) as exc:  # e.g. an interpolation of nothing
+            hydra_cfg = HydraConfig.get()
+            plugins = (hydra_cfg.sweeper._target_, hydra_cfg.launcher._target_)
+            if hydra_cfg.mode == RunMode.MULTIRUN and plugins != BASIC:
+                raise
+            fail("train", exc)
+
+    return run
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@one_line_errors
 def train_app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    from dlrun.cli import fail
-    from dlrun.errors import UserError
     from dlrun.rundir import effective_resume
     from dlrun.train.run import train
 
@@ -104,12 +136,7 @@ def train_app(cfg: DictConfig) -> float | None:
     if resume != cfg.trainer.resume:
         with open_dict(cfg):
             cfg.trainer.resume = resume
-    try:
-        summary = train(cfg, Path(hydra_cfg.runtime.output_dir), choices=dict(hydra_cfg.runtime.choices))
-    except UserError as exc:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise  # the sweep records this job as failed and goes on with the others
-        fail("train", exc)  # here, not after Hydra: it would print a line of its own first
+    summary = train(cfg, Path(hydra_cfg.runtime.output_dir), choices=dict(hydra_cfg.runtime.choices))
     if summary["status"] == "interrupted":  # a signal: last.pt is written; 130 (SIGINT) or 143 (the others)
         from dlrun.train.interrupt import EXIT_CODES, hand_over
 

@@ -118,13 +118,14 @@ def resolve(path: str | os.PathLike, option: str = "trainer.resume", names: tupl
             accepts: str = "a run directory or a .pt file") -> Path:
     """A checkpoint file, or a run directory (meaning the first of `names` in its checkpoints/ folder)."""
     path = Path(path).expanduser()
-    if path.is_dir():
+    # os.path's tests, not Path's: they answer False for a name too long for the file system (an OSError in Path's)
+    if os.path.isdir(path):
         folder = path / "checkpoints"
-        path = next((folder / name for name in names if (folder / name).is_file()), folder / names[0])
-        if not path.is_file():
+        path = next((folder / name for name in names if os.path.isfile(folder / name)), folder / names[0])
+        if not os.path.isfile(path):
             where = " or ".join(f"'{folder / name}'" for name in names)
             raise UserError(f"{option}: no checkpoint at {where}; pass {accepts}")
-    if not path.is_file():
+    if not os.path.isfile(path):
         raise UserError(f"{option}: no checkpoint at '{path}'; pass {accepts}")
     return path
 

@@ -86,12 +86,22 @@ def catch_signals(request: StopRequest) -> Iterator[StopRequest]:
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
+def interrupt_once(signum: int, frame: object) -> None:
+    """The CLI's SIGINT handler outside `catch_signals`: KeyboardInterrupt, as Python's own, once.
+
+    Later ones are ignored while the process says it was interrupted and ends: a Ctrl-C reaches the
+    ranks of trainer.devices=N both from the terminal and from their launcher, and a second
+    KeyboardInterrupt raised in the middle of saying the first would end in a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def hand_over(name: str | None) -> None:
     """After a run the signal `name` interrupted (last.pt on disk, catch_signals' handlers gone):
     call the Python handler that was installed for it before, as the signal would have. submitit's
-    requeues the job and exits; without one, nothing happens. Python's own SIGINT handler is left
-    out: it would only raise KeyboardInterrupt where the caller exits 130."""
+    requeues the job and exits; without one, nothing happens. Python's own SIGINT handler (and the
+    CLI's, interrupt_once) is left out: it would only raise KeyboardInterrupt where the caller exits 130."""
     sig = getattr(signal, name, None) if name else None
     handler = signal.getsignal(sig) if sig is not None else None  # the one catch_signals put back
-    if callable(handler) and handler is not signal.default_int_handler:
+    if callable(handler) and handler not in (signal.default_int_handler, interrupt_once):
         handler(sig, None)
