@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,6 +17,24 @@ from omegaconf import open_dict
 from dlrun.paths import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def process_state_as_it_was():
+    """What an in-process run changes for the rest of the process, put back after each test:
+    torch's thread count (trainer.threads; a reference run with other threads sums in another
+    order and differs in the 8th digit), and the root logger's handlers that a Hydra app's logging
+    config adds (they write to streams pytest closes with the test, and to that test's train.log:
+    a later test reading stderr would see "--- Logging error ---" tracebacks)."""
+    import torch
+
+    threads, before = torch.get_num_threads(), set(logging.getLogger().handlers)
+    yield
+    torch.set_num_threads(threads)
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h not in before and type(h).__name__ != "LogCaptureHandler"]:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def make_config(*overrides: str):

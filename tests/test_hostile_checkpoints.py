@@ -9,7 +9,6 @@ prints the one line and exits 2 as `dlrun` does), so these tests cost no interpr
 from __future__ import annotations
 
 import json
-import logging
 import math
 import pickle
 import shutil
@@ -38,15 +37,6 @@ def run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("hostile") / "run"
     train(run_dir, *RECIPE, "trainer.stop_at_epoch=1")
     return run_dir
-
-
-@pytest.fixture(autouse=True)
-def no_stale_log_handlers(monkeypatch):
-    """Tests before these may run Hydra apps in this process, whose logging config leaves handlers on
-    the root logger that write to streams pytest has closed since (and to their own train.log): the
-    CLI's stderr these tests read must hold dlrun's lines only. pytest's own capture handlers stay."""
-    root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", [h for h in root.handlers if type(h).__name__ == "LogCaptureHandler"])
 
 
 def files(folder: Path) -> dict:
