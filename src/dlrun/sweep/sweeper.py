@@ -25,7 +25,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from dlrun import runlock
+from dlrun import runlock, strict_json
 from dlrun.sweep.space import as_override, dimensions, sample
 
 log = logging.getLogger("dlrun")
@@ -127,7 +127,7 @@ class SearchSweeper(Sweeper):
                          "monitor": best.get("monitor"), "value": best.get("value"),
                          "error": summary.get("error"), "overrides": overrides})
         tmp = sweep_dir / ".sweep.json.tmp"
-        tmp.write_text(json.dumps({"trials": rows}, indent=2) + "\n")
+        tmp.write_text(strict_json.dumps({"trials": rows}, indent=2) + "\n")
         os.replace(tmp, sweep_dir / "sweep.json")
         return sum(row["status"] == "failed" for row in rows)
 
