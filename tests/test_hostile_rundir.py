@@ -327,3 +327,33 @@ def test_a_signal_to_a_parallel_sweeps_process_ends_every_worker_each_saving_its
     for i in (0, 1):
         summary = json.loads((sweep_dir / str(i) / "summary.json").read_text())
         assert summary["status"] == "interrupted" and (sweep_dir / str(i) / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX signals")
+def test_a_repeat_of_the_signal_a_trial_is_ending_on_does_not_cut_its_ending_short():
+    """A SIGKILLed sweep's workers get the parent-death SIGTERM once for each thread of the sweep's
+    process that ends. The training loop noted the first and saved; a repeat arriving after the loop's
+    handlers were gone raised in the worker and lost summary.json ("running"), 1 run in 4. A first
+    signal outside training still stops the trial."""
+    from dlrun.sweep.launcher import _Stopped, stop_outside_training
+    from dlrun.train.interrupt import StopRequest, catch_signals
+
+    with stop_outside_training():
+        request = StopRequest()
+        with catch_signals(request):
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal_delivered(lambda: request.signal == "SIGTERM")
+        os.kill(os.getpid(), signal.SIGTERM)  # the repeat, with the worker's handler back: the run goes on ending
+        signal_delivered(lambda: True)
+    with pytest.raises(_Stopped), stop_outside_training():  # the next trial in that worker: a first signal stops it
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal_delivered(lambda: False)
+
+
+def signal_delivered(condition) -> None:
+    """Python runs a handler between bytecodes of the main thread: a few of them, then the state."""
+    for _ in range(1000):
+        if condition():
+            return
+        time.sleep(0.001)
+    assert condition()

@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dlrun import runlock
 from dlrun.errors import UserError
+from dlrun.train import interrupt
 
 log = logging.getLogger("dlrun")
 
@@ -238,9 +239,12 @@ def stop_outside_training() -> Iterator[None]:
     """SIGINT and SIGTERM end the trial where it stands (the training loop puts its own handlers in,
     which save the step first); the worker's own handlers come back after it."""
     raised = []
+    interrupt.forget()  # a worker runs trial after trial
 
     def stop(signum: int, frame: object) -> None:
-        if not raised:
+        # Once the training loop has noted a signal it is saving and ending: a repeat must not cut
+        # that short (a SIGKILLed sweep's workers get SIGTERM once per thread of the sweep's process).
+        if not raised and interrupt.noted() is None:
             raised.append(signum)
             raise _Stopped(signum)
 

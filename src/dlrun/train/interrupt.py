@@ -47,6 +47,20 @@ def _signals() -> list[signal.Signals]:
     return sigs
 
 
+_noted: list[str] = []  # the first signal any catch_signals noted in this process (see noted())
+
+
+def noted() -> str | None:
+    """The first signal a catch_signals noted in this process since forget(): a run that is saving
+    and ending because of it. A worker uses this to let a repeat of that signal pass (the kernel
+    sends a parent-death signal once for each thread of the parent that ends)."""
+    return _noted[0] if _noted else None
+
+
+def forget() -> None:
+    _noted.clear()
+
+
 class StopRequest:
     """The first signal received (its name), or None."""
 
@@ -69,6 +83,8 @@ def catch_signals(request: StopRequest) -> Iterator[StopRequest]:
     def note(signum: int, frame: object) -> None:
         if request.signal is None:
             request.signal = signal.Signals(signum).name
+            if not _noted:
+                _noted.append(request.signal)
         if signum == signal.SIGINT:  # a second Ctrl-C: out at once
             signal.signal(signal.SIGINT, signal.SIG_DFL)
 
