@@ -69,6 +69,30 @@ def dlrun(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Complete
                           env={**os.environ, "COLUMNS": "120", **(env or {})}, timeout=300)
 
 
+def dlrun_here(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`dlrun ARGS` in this process, as dlrun() gives it: without the 2-3 s a subprocess spends
+    importing torch. For what needs no process of its own (signals, ranks and the entry point do)."""
+    import contextlib
+    import io
+
+    from dlrun.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    os.environ.update({"COLUMNS": "120", **(env or {})})
+    try:
+        with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(args))
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(["dlrun", *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(autouse=True)
 def not_a_requeued_slurm_job(monkeypatch):
     """The suite may run inside a SLURM job: SLURM_RESTART_COUNT would turn the refusals the tests

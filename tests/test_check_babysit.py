@@ -12,7 +12,7 @@ from dlrun.check import CHECKS
 from dlrun.check.common import compose, read_options
 from dlrun.check.gradcheck import ALLOWED_KINKS, ALLOWED_SMOOTH, check_gradients, kinks
 from dlrun.errors import UserError
-from tests.conftest import dlrun, make_config
+from tests.conftest import make_config, dlrun_here
 
 
 def check(tmp_path, name, *overrides):
@@ -202,7 +202,7 @@ def test_bad_check_options_are_one_line_errors(override, message):
 
 
 def test_the_cli_runs_all_four_steps_and_reports_a_fail_with_exit_1(tmp_path):
-    result = dlrun("check", "all", "check.iterations=30", f"check.out={tmp_path / 'all'}", cwd=tmp_path)
+    result = dlrun_here("check", "all", "check.iterations=30", f"check.out={tmp_path / 'all'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for title in ("dlrun check initial-loss", "dlrun check overfit", "dlrun check lr", "dlrun check gradcheck"):
         assert title in result.stdout
@@ -212,9 +212,9 @@ def test_the_cli_runs_all_four_steps_and_reports_a_fail_with_exit_1(tmp_path):
     assert (tmp_path / "all" / "lr.png").is_file()
     assert f"dlrun check all: {report['verdict']}" in result.stdout
 
-    failed = dlrun("check", "initial-loss", "init=large_normal", f"check.out={tmp_path / 'bad'}", cwd=tmp_path)
+    failed = dlrun_here("check", "initial-loss", "init=large_normal", f"check.out={tmp_path / 'bad'}", cwd=tmp_path)
     assert failed.returncode == 1 and "fail" in failed.stdout and "init is too large" in failed.stdout
 
-    typo = dlrun("check", "overfit", "check.budgett=5", cwd=tmp_path)
+    typo = dlrun_here("check", "overfit", "check.budgett=5", cwd=tmp_path)
     assert typo.returncode == 2 and typo.stderr.startswith("dlrun check: error:") and typo.stderr.count("\n") == 1
     assert "budgett" in typo.stderr and not (tmp_path / "outputs").exists()

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -11,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from dlrun.check import CHECKS
 from dlrun.check.init_stats import DEFAULT_PAIRS, activation_stats, parse_pair, read_options
 from dlrun.errors import UserError
-from tests.conftest import dlrun
+from tests.conftest import dlrun_here
 
 WIDTH = 1024  # the notes use 4096 (the CLI test runs that); 1024 shows the same and takes a fifth of the time
 
@@ -111,7 +110,7 @@ def table_rows(stdout: str) -> dict[str, list[list[float]]]:
 
 @pytest.mark.slow
 def test_cli_runs_the_notes_experiment_prints_the_table_and_writes_json_and_histograms(tmp_path):
-    result = dlrun("check", "init", "check.out=run", cwd=tmp_path)  # the notes' default: 6 x 4096, batch 16
+    result = dlrun_here("check", "init", "check.out=run", cwd=tmp_path)  # the notes' default: 6 x 4096, batch 16
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("dlrun check init: 6 layers x 4096 units, no bias, x ~ N(0, 1), batch 16, seed 0\n")
     printed = table_rows(result.stdout)
@@ -144,7 +143,7 @@ def test_cli_runs_the_notes_experiment_prints_the_table_and_writes_json_and_hist
 
 
 def test_cli_small_run_writes_to_outputs_check(tmp_path):
-    result = dlrun("check", "init", "check.width=128", "check.layers=3", "check.pairs=[relu:he,tanh:xavier_normal]",
+    result = dlrun_here("check", "init", "check.width=128", "check.layers=3", "check.pairs=[relu:he,tanh:xavier_normal]",
                    cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     [report] = list((tmp_path / "outputs" / "check").glob("*/*/check.json"))
@@ -161,7 +160,7 @@ def test_cli_small_run_writes_to_outputs_check(tmp_path):
     (["lr-rnage"], "dlrun check: error: unknown check 'lr-rnage'; choose one of: init"),
 ])
 def test_mistakes_are_one_line_and_exit_2_and_write_nothing(tmp_path, args, message):
-    result = dlrun("check", *args, cwd=tmp_path)
+    result = dlrun_here("check", *args, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr
@@ -171,7 +170,7 @@ def test_mistakes_are_one_line_and_exit_2_and_write_nothing(tmp_path, args, mess
 def test_an_existing_check_json_is_not_overwritten(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "check.json").write_text("{}")
-    result = dlrun("check", "init", "check.out=run", "check.width=8", cwd=tmp_path)
+    result = dlrun_here("check", "init", "check.out=run", "check.width=8", cwd=tmp_path)
     assert result.returncode == 2 and "already holds a check.json" in result.stderr
     assert (tmp_path / "run" / "check.json").read_text() == "{}"
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import dlrun, refused
+from tests.conftest import dlrun, dlrun_here, refused
 
 
 def test_help_lists_commands_without_importing_torch_or_hydra():
@@ -46,7 +46,7 @@ def test_train_is_a_hydra_app_cfg_job_overrides_and_additions(tmp_path):
     ("optim.lr=abc", "optim.lr='abc' must be a number > 0"),
 ])
 def test_bad_overrides_are_one_line_and_exit_2(tmp_path, override, message):
-    result = dlrun("train", override, cwd=tmp_path)
+    result = dlrun_here("train", override, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
@@ -66,7 +66,7 @@ def test_bad_data_and_resume_paths_are_one_line_and_touch_nothing(tmp_path):
         (f"trainer.resume={tmp_path / 'no_such_run'}",): "no_such_run': no such file or directory; trainer.resume takes",
     }
     for overrides, message in cases.items():
-        result = dlrun("train", *overrides, cwd=tmp_path)
+        result = dlrun_here("train", *overrides, cwd=tmp_path)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
     assert (earlier / "summary.json").read_text() == '{"kept": true}'
@@ -102,7 +102,7 @@ def test_default_train_reaches_95_percent_and_prints_the_results_table(tmp_path)
 
 @pytest.mark.slow
 def test_multirun_puts_four_jobs_in_one_sweep_directory(tmp_path):
-    result = dlrun("train", "-m", "optim=sgd,adam", "model=mlp,lenet", "trainer.epochs=1", cwd=tmp_path)
+    result = dlrun_here("train", "-m", "optim=sgd,adam", "model=mlp,lenet", "trainer.epochs=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -13,7 +13,7 @@ from torch import nn
 from dlrun.errors import UserError
 from dlrun.monitor.diagnostics import Diagnostics, DiagnosticsSettings
 from dlrun.train import checkpoint
-from tests.conftest import dlrun, make_config, train
+from tests.conftest import make_config, train, dlrun_here
 
 FAST = ("logger.hparams=false", "trainer.checkpoint=false")
 
@@ -202,7 +202,7 @@ def test_a_good_learning_rate_and_a_cosine_tail_warn_nothing(tmp_path, caplog):
 
 # ---------------------------------------------------------------------------------- NaN guard
 def test_a_diverging_cli_run_exits_with_one_line_naming_the_step_and_the_lr(tmp_path):
-    result = dlrun("train", "optim=sgd", "optim.lr=1e6", "trainer.device=cpu", cwd=tmp_path)
+    result = dlrun_here("train", "optim=sgd", "optim.lr=1e6", "trainer.device=cpu", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

@@ -11,7 +11,7 @@ from hydra.errors import HydraException
 from dlrun.cli import one_line
 from dlrun.errors import UserError
 from dlrun.evaluate import evaluate, main, parse_args
-from tests.conftest import dlrun, train
+from tests.conftest import train, dlrun_here
 
 # A small MLP (one hidden layer of 32) for 2 epochs on the CPU: a real run in about 2 s.
 OVERRIDES = ("trainer.epochs=2", "trainer.device=cpu", "model.hidden=[32]")
@@ -55,7 +55,7 @@ def test_last_pt_of_an_ema_run_also_scores_the_averaged_weights(tmp_path, capsys
 def test_cli_prints_the_table_and_writes_nothing(run, tmp_path):
     run_dir, summary = run
     before = files(run_dir)
-    result = dlrun("eval", f"ckpt={run_dir}", cwd=tmp_path)
+    result = dlrun_here("eval", f"ckpt={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("data digits: 1294/144/359")
@@ -94,7 +94,7 @@ def test_a_plain_state_dict_needs_the_training_overrides(run, tmp_path):
 
 
 def test_missing_path_is_one_line_and_exit_2(tmp_path):
-    result = dlrun("eval", "ckpt=outputs/nope", cwd=tmp_path)
+    result = dlrun_here("eval", "ckpt=outputs/nope", cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [
         "dlrun eval: error: ckpt: no checkpoint at 'outputs/nope'; pass a run directory, or a .pt file: "

@@ -16,7 +16,7 @@ import torchvision
 from dlrun.data.arrays import ArrayData
 from dlrun.data.vision import CIFAR10, CIFAR100, MNIST, SVHN
 from dlrun.errors import UserError
-from tests.conftest import blobs, dlrun
+from tests.conftest import blobs, dlrun_here
 from tests.test_vision_data import cifar_files, mnist_files, svhn_files
 
 
@@ -46,7 +46,7 @@ def test_a_cifar_batch_whose_pickle_runs_code_is_refused_in_one_line_by_the_cli_
     pickle.loads(evil)  # the payload is live: a plain unpickler runs it
     assert marker.exists()
     marker.unlink()
-    result = dlrun("train", "data=cifar10", f"data.root={tmp_path / 'data'}", "trainer.max_steps=1",
+    result = dlrun_here("train", "data=cifar10", f"data.root={tmp_path / 'data'}", "trainer.max_steps=1",
                    f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert not marker.exists()
     err = result.stderr.strip().splitlines()
@@ -261,7 +261,7 @@ def test_the_cli_says_a_scalar_x_train_in_one_line(tmp_path, npz):
     unsized object). In-process tests above cover the other arrays; this one is the CLI's word."""
     x, y = blobs(40)
     path = npz(x_train=np.float32(3.0), y_train=y, x_test=x, y_test=y)
-    result = dlrun("train", "data=arrays", f"data.path={path}", "trainer.max_steps=1",
+    result = dlrun_here("train", "data=arrays", f"data.path={path}", "trainer.max_steps=1",
                    f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     err = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(err) == 1, result.stderr

@@ -19,7 +19,7 @@ from dlrun.errors import UserError
 from dlrun.train import checkpoint
 from dlrun.train.interrupt import StopRequest, catch_signals
 from dlrun.train.loop import Trainer
-from tests.conftest import train
+from tests.conftest import dlrun_here, train
 
 NUMBERS = ("test", "best", "epochs", "steps", "params")
 # Fast on 2 CPU cores: 21 steps an epoch; dropout and a per-step schedule make RNG and schedule state matter.
@@ -209,10 +209,8 @@ def test_sigkill_then_resume_auto_ends_like_an_unbroken_run(tmp_path, whole_long
     assert on_disk["last.pt"]["step"] >= seen[-1] >= kill_at
     (run / "checkpoints" / ".last.pt.99999.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-write leaves
 
-    resumed = subprocess.run([sys.executable, "-m", "dlrun", "train", f"hydra.run.dir={run}", *LONG,
-                              "trainer.checkpoint_every_steps=3", "trainer.resume=auto"],
-                             cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"},
-                             timeout=300)
+    resumed = dlrun_here("train", f"hydra.run.dir={run}", *LONG, "trainer.checkpoint_every_steps=3",
+                         "trainer.resume=auto", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {run / 'checkpoints/last.pt'} at epoch" in resumed.stdout
     assert numbers(read_summary(run)) == numbers(whole_long)
@@ -240,10 +238,7 @@ def test_sigint_and_sigterm_save_last_pt_and_exit_with_their_codes(tmp_path, who
     assert f"trainer.resume={run}" in out
     if sig != signal.SIGTERM:
         return  # one resume through the CLI is enough: the in-process tests resume from every kind of stop
-    resumed = subprocess.run([sys.executable, "-m", "dlrun", "train", f"hydra.run.dir={run}", *LONG,
-                              "trainer.resume=auto"],
-                             cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"},
-                             timeout=300)
+    resumed = dlrun_here("train", f"hydra.run.dir={run}", *LONG, "trainer.resume=auto", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert numbers(read_summary(run)) == numbers(whole_long)
 

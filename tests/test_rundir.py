@@ -8,7 +8,7 @@ import pytest
 
 from dlrun.errors import UserError
 from dlrun.rundir import held_run, refuse_reuse
-from tests.conftest import dlrun, train
+from tests.conftest import train, dlrun_here
 
 QUICK = ("trainer.device=cpu", "trainer.epochs=1", "model.hidden=[8]")
 
@@ -46,10 +46,10 @@ def test_resume_continues_the_run_a_directory_holds(tmp_path):
 @pytest.mark.slow
 def test_the_cli_refuses_a_used_hydra_run_dir_before_hydra_writes_into_it(tmp_path):
     run = tmp_path / "run"
-    first = dlrun("train", f"hydra.run.dir={run}", *QUICK, cwd=tmp_path)
+    first = dlrun_here("train", f"hydra.run.dir={run}", *QUICK, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     before = files(run)
-    second = dlrun("train", f"hydra.run.dir={run}", *QUICK, "optim.lr=0.01", cwd=tmp_path)
+    second = dlrun_here("train", f"hydra.run.dir={run}", *QUICK, "optim.lr=0.01", cwd=tmp_path)
     assert second.returncode == 2 and second.stderr.strip().splitlines() == [
         f"dlrun train: error: run directory {run} already holds a run (finished); continue it with "
         "trainer.resume=auto, or pass a new hydra.run.dir (nothing was written)"]

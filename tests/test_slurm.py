@@ -20,7 +20,7 @@ import yaml
 from dlrun.rundir import effective_resume, refuse_reuse_before_hydra
 from dlrun.train import checkpoint
 from dlrun.train.interrupt import StopRequest, catch_signals, hand_over
-from tests.conftest import dlrun, train
+from tests.conftest import dlrun, train, dlrun_here
 
 # 3 epochs of 21 steps on the embedded digits; dropout and a per-step schedule make RNG and schedule state matter.
 RUN = ("trainer.device=cpu", "trainer.epochs=3", "model.dropout=0.2", "sched.interval=step",
@@ -106,7 +106,7 @@ def test_the_preemption_signal_saves_the_step_then_goes_to_the_handler_that_want
 def test_a_requeued_job_continues_to_the_weights_of_an_unbroken_run(preempted, whole_weights, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(preempted["run"], run)
-    again = dlrun("train", f"hydra.run.dir={run}", *RUN, cwd=tmp_path, env=env(SLURM_RESTART_COUNT="1"))
+    again = dlrun_here("train", f"hydra.run.dir={run}", *RUN, cwd=tmp_path, env=env(SLURM_RESTART_COUNT="1"))
     assert again.returncode == 0, again.stderr
     log = (run / "train.log").read_text()
     assert log.count("SLURM_RESTART_COUNT=1: a requeued job; continuing as with trainer.resume=auto") == 1

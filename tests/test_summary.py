@@ -3,14 +3,13 @@
 import io
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from rich.console import Console
 
 from dlrun.build import build, build_model
 from dlrun.summary import layer_table, parse_args
-from tests.conftest import dlrun, make_config
+from tests.conftest import make_config, dlrun_here
 
 
 def built(*overrides: str):
@@ -46,7 +45,7 @@ def render(table) -> str:
 
 
 def test_default_summary_prints_the_real_totals_and_shapes_and_writes_nothing(tmp_path):
-    result = dlrun("summary", cwd=tmp_path)
+    result = dlrun_here("summary", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     _, model = built()
     real = sum(p.numel() for p in model.parameters())
@@ -65,10 +64,8 @@ def test_default_summary_prints_the_real_totals_and_shapes_and_writes_nothing(tm
 
 
 def test_lenet_total_and_depth_limit(tmp_path):
-    # Both at once: each run spends most of its time importing torch. --depth comes after an override.
-    with ThreadPoolExecutor(2) as pool:
-        full, shallow = pool.map(lambda args: dlrun("summary", *args, cwd=tmp_path),
-                                 [["model=lenet"], ["model=lenet", "--depth", "1"]])
+    # --depth comes after an override.
+    full, shallow = (dlrun_here("summary", *args, cwd=tmp_path) for args in (["model=lenet"], ["model=lenet", "--depth", "1"]))
     assert full.returncode == 0 and shallow.returncode == 0, full.stderr + shallow.stderr
     _, model = built("model=lenet")
     real = sum(p.numel() for p in model.parameters())
@@ -91,7 +88,7 @@ def test_lenet_total_and_depth_limit(tmp_path):
     (["-m", "model=mlp,lenet"], "unknown option '-m'"),
 ])
 def test_mistakes_are_one_line_and_exit_2(tmp_path, args, message):
-    result = dlrun("summary", *args, cwd=tmp_path)
+    result = dlrun_here("summary", *args, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dlrun summary: error: ") and message in lines[0], result.stderr

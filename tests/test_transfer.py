@@ -14,7 +14,7 @@ from dlrun.build import build, build_model
 from dlrun.errors import UserError
 from dlrun.models.transfer import freeze, head_name, load_weights
 from dlrun.train import checkpoint
-from tests.conftest import blobs, dlrun, make_config, refused, train
+from tests.conftest import blobs, make_config, refused, train, dlrun_here
 
 MLP_BN = ("model.hidden=[32]", "++model.norm=batch")  # Flatten, Linear, BatchNorm1d, ReLU, Linear (the head: "4")
 HEAD = ("4.weight", "4.bias")
@@ -235,7 +235,7 @@ def test_corrupt_hostile_foreign_and_missing_weights_files_are_one_line(tmp_path
 
 @pytest.mark.slow
 def test_cli_missing_weights_is_one_line_exit_2_and_writes_nothing(tmp_path):
-    result = dlrun("train", f"model.weights={tmp_path / 'nope.pt'}", "model.freeze=backbone", cwd=tmp_path)
+    result = dlrun_here("train", f"model.weights={tmp_path / 'nope.pt'}", "model.freeze=backbone", cwd=tmp_path)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and lines == [
         f"dlrun train: error: model.weights='{tmp_path / 'nope.pt'}': no such file or directory; "
