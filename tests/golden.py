@@ -66,7 +66,7 @@ def numbers(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def weights_digest(run_dir: Path) -> dict[str, str]:
     """sha256 of the final weights (and the EMA's), each tensor's name, dtype, shape and bytes in order."""
-    from dlrun.train import checkpoint
+    from dlrun import checkpoint
 
     state = checkpoint.load(run_dir / "checkpoints" / "last.pt")
     out = {}

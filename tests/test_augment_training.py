@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dlrun.errors import UserError
-from dlrun.train import checkpoint
+from dlrun import checkpoint
 from dlrun.train.run import build_parts, build_trainer
 from tests.conftest import make_config, train
 

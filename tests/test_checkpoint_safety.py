@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dlrun.errors import UserError
-from dlrun.train import checkpoint
+from dlrun import checkpoint
 
 
 def test_a_write_that_dies_after_half_its_bytes_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):

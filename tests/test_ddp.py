@@ -20,7 +20,7 @@ import torch
 from tests.conftest import dlrun, make_config
 from dlrun.errors import UserError
 from dlrun.losses import build_loss
-from dlrun.train import checkpoint
+from dlrun import checkpoint
 from dlrun.train.distributed import World, rank_overrides, shared_run_dir
 from dlrun.train.run import check_world
 

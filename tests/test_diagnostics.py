@@ -12,7 +12,7 @@ from torch import nn
 
 from dlrun.errors import UserError
 from dlrun.monitor.diagnostics import Diagnostics, DiagnosticsSettings
-from dlrun.train import checkpoint
+from dlrun import checkpoint
 from tests.conftest import make_config, train, dlrun_here
 
 FAST = ("logger.hparams=false", "trainer.checkpoint=false")

@@ -155,3 +155,27 @@ def test_help_does_not_import_torch():
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: dlrun eval ckpt=PATH [--json] [hydra overrides]")
     assert "dlrun eval ckpt=outputs/" in result.stdout
+
+
+@pytest.mark.parametrize("override", ["optim.lr=0.5", "+optim.fresh=1", "++optim.lr=0.25", "++trainer.new=x", "~optim.lr",
+                                      "+model.extra={a: 1}", "optim.nonexistent=1", "+optim.lr=3", "~optim.missing"])
+def test_overrides_on_a_saved_config_land_as_hydras_own_function_puts_them(override):
+    """dlrun eval applies overrides to a checkpoint's config itself (Hydra's function is private):
+    the same config, or the same error, as Hydra's."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from dlrun.evaluate import apply_override
+
+    def applied(apply) -> tuple[str, object]:
+        cfg = OmegaConf.create({"optim": {"lr": 0.1, "betas": [0.9, 0.99]}, "model": {"hidden": [8]}, "trainer": {}})
+        OmegaConf.set_struct(cfg, True)
+        try:
+            apply(OverridesParser.create().parse_overrides([override]), cfg)
+        except Exception as exc:
+            return type(exc).__name__, one_line(exc)
+        return "ok", OmegaConf.to_container(cfg)
+
+    ours = applied(lambda parsed, cfg: [apply_override(o, cfg) for o in parsed])
+    assert ours == applied(ConfigLoaderImpl._apply_overrides_to_config)

@@ -25,7 +25,7 @@ from dlrun import strict_json
 from dlrun.cli import main as cli_main
 from dlrun.errors import UserError
 from dlrun.targets import ALLOW_ENV, refuse_foreign
-from dlrun.train import checkpoint
+from dlrun import checkpoint
 from tests.conftest import train
 
 # Adam at lr=1e-4 with the cosine schedule, stopped after epoch 1 of 2: a checkpoint to resume.

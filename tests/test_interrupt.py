@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from dlrun.errors import UserError
-from dlrun.train import checkpoint
+from dlrun import checkpoint
 from dlrun.train.interrupt import StopRequest, catch_signals
 from dlrun.train.loop import Trainer
 from tests.conftest import dlrun_here, train

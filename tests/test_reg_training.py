@@ -8,7 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import make_config, refused, train
 from dlrun.build import build, build_model
-from dlrun.train import checkpoint
+from dlrun import checkpoint
 from dlrun.train.loop import Trainer
 
 QUICK = ["model.hidden=[32]", "trainer.checkpoint=false", "logger.hparams=false"]

@@ -12,7 +12,7 @@ from dlrun.errors import UserError
 from dlrun.optim import Warmup, after_optimizer_step, after_validation, build_optimizer, build_scheduler
 from dlrun.paths import CONFIG_DIR
 from dlrun.schema import validate
-from dlrun.train import checkpoint
+from dlrun import checkpoint
 from dlrun.train.loop import Trainer
 from tests.conftest import make_config, train
 

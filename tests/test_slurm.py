@@ -11,14 +11,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
 from dlrun.rundir import effective_resume, refuse_reuse_before_hydra
-from dlrun.train import checkpoint
+from dlrun import checkpoint
 from dlrun.train.interrupt import StopRequest, catch_signals, hand_over
 from tests.conftest import dlrun, train, dlrun_here
 

@@ -16,7 +16,7 @@ from scipy import stats
 
 from dlrun.errors import UserError
 from dlrun.sweep.space import as_override, dimensions, parse, sample
-from tests.conftest import dlrun, make_config
+from tests.conftest import make_config
 
 SPACE = {"optim": {"lr": "loguniform(1e-5, 1e-1)", "momentum": "uniform(0.5, 0.99)"},
          "data": {"batch_size": "randint(32, 256)"}, "model": {"hidden": "choice([64], [128], [256,256])"}}

@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from dlrun.errors import UserError
-from dlrun.train import checkpoint
+from dlrun import checkpoint
 from tests.conftest import blobs, refused, train
 
 # The summary.json numbers that must not depend on timing.

@@ -13,7 +13,7 @@ from torch import nn
 from dlrun.build import build, build_model
 from dlrun.errors import UserError
 from dlrun.models.transfer import freeze, head_name, load_weights
-from dlrun.train import checkpoint
+from dlrun import checkpoint
 from tests.conftest import blobs, make_config, refused, train, dlrun_here
 
 MLP_BN = ("model.hidden=[32]", "++model.norm=batch")  # Flatten, Linear, BatchNorm1d, ReLU, Linear (the head: "4")

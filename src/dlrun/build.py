@@ -54,7 +54,8 @@ def build_model(cfg: DictConfig, data: Any) -> nn.Module:
     initialize(model, **OmegaConf.to_container(cfg.init, resolve=True))
     from dlrun.models.transfer import freeze, load_weights
 
-    if options["weights"] is not None:
-        load_weights(model, str(options["weights"]), cfg.model)
-    freeze(model, options["freeze"])
+    if options["weights"] is not None:  # the models layer takes plain values, not OmegaConf's
+        load_weights(model, str(options["weights"]), OmegaConf.to_container(cfg.model, resolve=True))
+    freeze(model, OmegaConf.to_container(options["freeze"], resolve=True)
+           if OmegaConf.is_config(options["freeze"]) else options["freeze"])
     return model

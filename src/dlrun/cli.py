@@ -12,7 +12,8 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import NoReturn
+from dlrun.say import fail, one_line, say  # noqa: F401 (one_line: also dlrun.cli's)
+from dlrun import say as _say
 
 COMMANDS = {
     "train": "train a model from the composed config (a Hydra app: -m, --cfg job, --help, ...)",
@@ -47,65 +48,6 @@ def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
     return USAGE.format(commands="\n".join(lines))
-
-
-# Lines of Hydra's and OmegaConf's reports that say nothing to a user of the CLI.
-_NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment variable HYDRA_FULL_ERROR")
-
-
-def one_line(exc: BaseException) -> str:
-    """Fold an exception (and the OmegaConf error it wraps, if any) into one line.
-
-    Hydra's "Available options in 'model':" list becomes "lenet, mlp"; the config search path
-    and OmegaConf's key dumps are dropped.
-    """
-    text = str(exc)
-    key = getattr(exc, "full_key", None)
-    if key and type(exc).__name__.startswith(("Interpolation", "UnsupportedInterpolation")):
-        # OmegaConf names the key only on a line of its own, which is dropped below
-        first, _, rest = text.partition("\n")
-        text = (f"{key}: {first}; a ${{...}} value names another key of the config (e.g. ${{trainer.epochs}}) "
-                f"or a resolver (${{oc.env:NAME}})\n{rest}")
-    cause = exc.__cause__
-    if cause is not None and str(cause) not in text:
-        text += "\n" + str(cause)
-    text = text.split("Config search path:")[0]
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(_NOISE)]
-    out: list[str] = []
-    for line in lines:
-        if out and out[-1].endswith(":") and out[-1].startswith("Available options"):
-            out[-1] += " " + line
-        elif out and out[-1].startswith("Available options") and not line.endswith(":"):
-            out[-1] += ", " + line
-        else:
-            out.append(line)
-    return "; ".join(out).replace(".;", ";")
-
-
-# Whether the user asked for tracebacks (HYDRA_FULL_ERROR=1) before dlrun set the variable itself.
-_full_error = False
-
-
-def say(line: str) -> None:
-    """A line for the user on stderr, flushed (a rank ends with os._exit), and once from N ranks."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "torch.distributed" in sys.modules:
-        try:
-            from dlrun.train.distributed import say_once
-        except Exception:  # a torch half imported when a Ctrl-C came: rank 0 says it
-            pass
-        else:
-            say_once(line)
-            return
-    if os.environ.get("RANK", "0") == "0":  # alone, or no torch to meet the other ranks in: rank 0 says it
-        print(line, file=sys.stderr, flush=True)
-
-
-def fail(command: str, exc: BaseException) -> NoReturn:
-    """A user's mistake: one line on stderr and exit 2, or the traceback if they asked for it."""
-    if _full_error:
-        raise exc
-    say(f"dlrun {command}: error: {one_line(exc)}")
-    sys.exit(2)
 
 
 def interrupted(command: str | None) -> int:
@@ -145,7 +87,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str]) -> None:
-    global _full_error
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return
@@ -196,7 +137,7 @@ def _main(argv: list[str]) -> None:
     # Let exceptions reach us instead of Hydra's multi-line report, so a user's mistake prints
     # as one line. A user who sets HYDRA_FULL_ERROR=1 still gets the full traceback.
     asked = os.environ.get("HYDRA_FULL_ERROR")
-    _full_error = asked == "1"
+    _say.full_error = asked == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     rest = [quote_dimension(arg) for arg in rest]
     sys.argv = [f"dlrun {command}", *rest]
@@ -338,7 +279,7 @@ def train(rest: list[str]) -> None:
         from dlrun.train.distributed import launch, refuse_sweep
 
         refuse_sweep(rest)
-        if not _full_error:  # the ranks decide for themselves, as the user asked
+        if not _say.full_error:  # the ranks decide for themselves, as the user asked
             os.environ.pop("HYDRA_FULL_ERROR", None)
         sys.exit(launch(devices, rest))
     # The run (or sweep) directory is checked and locked once Hydra has resolved its name, before

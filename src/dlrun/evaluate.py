@@ -66,7 +66,6 @@ def parse_args(args: list[str]) -> tuple[str, bool, list[str]]:
 
 def saved_config(config: dict[str, Any], overrides: list[str], path: Path) -> DictConfig:
     """The checkpoint's config with `overrides` applied as Hydra applies them to a composed config."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import DictConfig, OmegaConf
 
@@ -80,8 +79,41 @@ def saved_config(config: dict[str, Any], overrides: list[str], path: Path) -> Di
         if isinstance(node, DictConfig) and isinstance(override.value(), str):
             raise UserError(f"{override.input_line}: the checkpoint's config is rebuilt from '{path}', not "
                             f"composed from groups; change its values instead (e.g. {override.key_or_group}.KEY=VALUE)")
-    ConfigLoaderImpl._apply_overrides_to_config(parsed, cfg)
+    for override in parsed:
+        apply_override(override, cfg)
     return cfg
+
+
+def apply_override(override: Any, cfg: DictConfig) -> None:
+    """KEY=VALUE, +KEY=VALUE, ++KEY=VALUE or ~KEY on a config, worded as Hydra words them when it
+    composes (Hydra's own function for this is private)."""
+    from hydra.errors import ConfigCompositionException
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    key, value = override.key_or_group, override.value()
+    present = OmegaConf.select(cfg, key, throw_on_missing=False) is not None
+    try:
+        if override.is_delete():
+            if not present:
+                raise ConfigCompositionException(f"Could not delete from config. '{key}' does not exist.")
+            parent, _, leaf = key.rpartition(".")
+            with open_dict(cfg):
+                del (OmegaConf.select(cfg, parent) if parent else cfg)[leaf]
+        elif override.is_add() and present and not isinstance(value, (dict, list)):
+            raise ConfigCompositionException(
+                f"Could not append to config. An item is already at '{key}'.\nEither remove + prefix: "
+                f"'{override.input_line[1:]}'\nOr add a second + to add or override '{key}': '+{override.input_line}'")
+        elif override.is_add() or override.is_force_add():
+            OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+        else:
+            try:
+                OmegaConf.update(cfg, key, value, merge=True)
+            except (ConfigAttributeError, ConfigKeyError) as exc:
+                raise ConfigCompositionException(f"Could not override '{key}'.\nTo append to your config use "
+                                                 f"+{override.input_line}") from exc
+    except OmegaConfBaseException as exc:
+        raise ConfigCompositionException(f"Error merging override {override.input_line}") from exc
 
 
 def upgrade(config: dict[str, Any]) -> dict[str, Any]:
@@ -112,7 +144,7 @@ def rebuild(ckpt: str, overrides: list[str] = ()) -> tuple[Any, dict[str, Any], 
     from omegaconf import open_dict
 
     from dlrun.targets import refuse_foreign
-    from dlrun.train import checkpoint
+    from dlrun import checkpoint
 
     overrides = list(overrides)
     path = checkpoint.resolve(ckpt, option="ckpt", names=NAMES, accepts=ACCEPTS)
@@ -145,7 +177,7 @@ def evaluate(ckpt: str, overrides: list[str] = ()) -> dict[str, Any]:
     {"checkpoint": path, "epoch": N or None, "model": class name, "data": description,
      "test": {"loss", "acc"}, "val": {...}, "samples": {"test": n, "val": n}}
     """
-    from dlrun.train import checkpoint
+    from dlrun import checkpoint
     from dlrun.train.run import build_trainer
 
     parts, state, path = rebuild(ckpt, overrides)

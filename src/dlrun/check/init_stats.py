@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from dlrun import strict_json
 from dlrun.errors import UserError
+from dlrun.models.bounds import BOUNDS, SATURATION_MARGIN
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -31,10 +32,6 @@ if TYPE_CHECKING:
 
 CONFIG = "check_init"
 DEFAULT_PAIRS = ("tanh:small_normal", "tanh:large_normal", "tanh:xavier_fanin", "relu:xavier_fanin", "relu:he_normal")
-# Bounded activations and their bounds: a unit within SATURATION_MARGIN of one is saturated
-# (for tanh: |a| > 0.99), where its local gradient is ~0.
-BOUNDS = {"tanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0)}
-SATURATION_MARGIN = 0.01
 
 USAGE = f"""usage: dlrun check init [check.KEY=VALUE ...]
 

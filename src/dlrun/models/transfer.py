@@ -3,7 +3,7 @@
 model.weights takes a dlrun run directory (its checkpoints/best.pt, else last.pt), a dlrun
 checkpoint, a torch.save'd state dict (name -> tensor, as torchvision publishes its weights), or
 `imagenet` (torchvision's pretrained weights, for the models built from torchvision's builders).
-Files are read by dlrun.train.checkpoint.load: weights_only=True, so no pickled code runs.
+Files are read by dlrun.checkpoint.load: weights_only=True, so no pickled code runs.
 
 The classifier head is the model's last nn.Linear (in named_modules order): MLP's output layer,
 CNN/LeNet's classifier.<last>, the RNNs' `head`, torchvision's `fc` or `classifier.6`. When the
@@ -22,11 +22,10 @@ import urllib.parse
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from dlrun.errors import UserError
-from dlrun.train import checkpoint
+from dlrun import checkpoint
 
 log = logging.getLogger("dlrun")
 
@@ -151,7 +150,7 @@ def _differences(trained_with: dict[str, Any] | None, node: Any) -> str:
     """' (the weights were trained with model.hidden=[8]; this run has [16])', from a dlrun checkpoint's config."""
     if not isinstance(trained_with, dict) or node is None:
         return ""
-    ours = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    ours = dict(node)
     keys = [k for k in dict.fromkeys([*trained_with, *ours]) if k not in _NOT_ARCHITECTURE
             and trained_with.get(k) != ours.get(k)]
     if not keys:
@@ -219,8 +218,6 @@ def freeze(model: nn.Module, spec: Any) -> None:
 
     Frozen parameters get requires_grad=False; the optimizer is given only the trainable ones.
     """
-    if isinstance(spec, (ListConfig, DictConfig)):
-        spec = OmegaConf.to_container(spec, resolve=True)
     if spec is None or spec is False or spec == [] or str(spec).strip().lower() in ("none", ""):
         return
     names = [name for name, _ in model.named_parameters()]

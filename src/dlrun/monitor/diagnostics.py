@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dlrun.check.init_stats import BOUNDS, SATURATION_MARGIN
+from dlrun.models.bounds import BOUNDS, SATURATION_MARGIN
 from dlrun.models.layers import Maxout
 
 BINS = 30  # histogram bins between a tensor's min and max

@@ -79,7 +79,7 @@ def _one_line() -> Iterator[None]:
     try:
         yield
     except (UserError, OmegaConfBaseException) as exc:
-        from dlrun.cli import fail
+        from dlrun.say import fail
 
         try:
             fail("train", exc)
@@ -108,7 +108,7 @@ def one_line_errors(task: Callable[[DictConfig], float | None]) -> Callable[[Dic
         from hydra.types import RunMode
         from omegaconf.errors import OmegaConfBaseException
 
-        from dlrun.cli import fail
+        from dlrun.say import fail
         from dlrun.errors import UserError
 
         try:

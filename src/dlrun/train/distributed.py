@@ -13,7 +13,6 @@ directory, a signal's stop) through gloo without touching the GPU.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import re
@@ -116,7 +115,7 @@ def rank_overrides(args: list[str], world: World) -> list[str]:
     Hydra resolves ${now:...} in each process, so N ranks would make N run directories: rank 0
     resolves the pattern once and broadcasts it. The other ranks write neither .hydra/ nor a log
     file (their warnings and errors still reach stderr). A mistake rank 0 finds here (a run
-    directory that already holds a run) ends every rank, and one of them prints it (say_once).
+    directory that already holds a run) ends every rank, and one of them prints it (dlrun.say.say_once).
     """
     from omegaconf import OmegaConf
 
@@ -141,7 +140,7 @@ def rank_overrides(args: list[str], world: World) -> list[str]:
     dist.broadcast_object_list(message, src=0)
     run_dir, error = message
     if error is not None:
-        raise UserError(error)  # on every rank: say_once prints it from one
+        raise UserError(error)  # on every rank: dlrun.say.say_once prints it from one
     mine = ("hydra.run.dir=",) if world.main else ("hydra.run.dir=", "hydra.output_subdir=", "hydra/job_logging=")
     out = [a for a in args if not a.startswith(mine)] + [f"hydra.run.dir='{run_dir}'"]
     if not world.main:
@@ -149,37 +148,11 @@ def rank_overrides(args: list[str], world: World) -> list[str]:
     return out
 
 
-def say_once(line: str) -> None:
-    """Print a mistake's one line on stderr from one of the ranks, before any of them ends.
-
-    Every rank finds the mistake on its own (or only one does) and exits, and torch's launcher ends
-    the other ranks as soon as one has exited: "rank 0 prints it" lost the line whenever another
-    rank got there first (1 run in 4). So the first rank to claim the line in the launcher's store
-    (MASTER_ADDR:MASTER_PORT, where the ranks met) prints it, and the others end only once it is out.
-    """
-    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    key = f"dlrun/said/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{restart}"
-    try:
-        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                              timeout=datetime.timedelta(seconds=30))
-        first = store.add(key + "/claims", 1) == 1
-    except (KeyError, ValueError, RuntimeError):  # no store to meet in: rank 0 says it
-        store, first = None, os.environ.get("RANK", "0") == "0"
-    if first:
-        print(line, file=sys.stderr, flush=True)
-        if store is not None:
-            with contextlib.suppress(RuntimeError):
-                store.set(key, "printed")
-    elif store is not None:
-        with contextlib.suppress(RuntimeError):  # the rank that claimed it died first: no more to wait for
-            store.wait([key])
-
-
 def launch(devices: int, args: list[str]) -> int:
     """`dlrun train trainer.devices=N`: what `torchrun --standalone --nproc_per_node=N -m dlrun train ARGS`
     does, through torch.distributed's launcher API; returns the exit status.
 
-    The ranks print their own lines (one of them a mistake's one line, say_once), so the launcher's own report
+    The ranks print their own lines (one of them a mistake's one line, dlrun.say.say_once), so the launcher's own report
     of a failed worker is silenced; a signal is passed on to the ranks, which save last.pt.
     """
     import logging

@@ -30,7 +30,7 @@ from dlrun.monitor.tensorboard import RunWriter
 from dlrun.optim import after_optimizer_step, after_validation, check_closure_optimizer
 from dlrun.losses import Loss, build_loss
 from dlrun.regularization import Regularization, apply_maxnorm, penalized_weights, penalty
-from dlrun.train import checkpoint
+from dlrun import checkpoint
 from dlrun.train.distributed import World
 from dlrun.train.ema import EMA
 from dlrun.train.interrupt import StopRequest, catch_signals

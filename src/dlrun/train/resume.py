@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlrun.errors import UserError
 from dlrun.optim import RUN_LENGTH
-from dlrun.train import checkpoint
+from dlrun import checkpoint
 
 log = logging.getLogger("dlrun")
 

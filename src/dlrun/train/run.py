@@ -28,7 +28,8 @@ from dlrun.regularization import Regularization, parameter_groups, regularizatio
 from dlrun.monitor.tensorboard import RunWriter, flatten
 from dlrun.optim import (build_optimizer, build_scheduler, check_closure_optimizer, check_optimizer, check_schedule,
                          uses_closure)
-from dlrun.train import checkpoint, distributed, resume
+from dlrun import checkpoint
+from dlrun.train import distributed, resume
 from dlrun.train.distributed import World
 from dlrun.train.interrupt import catch_signals, preemption_signal
 from dlrun.train.loop import Trainer, piece_sizes, plan, resolve_monitor
