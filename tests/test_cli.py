@@ -1,6 +1,8 @@
 """The `dlrun` command as a user runs it: a subprocess, no terminal."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -157,3 +159,29 @@ def test_tensorboard_serves_the_run_its_scalars_and_hparams(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash")
+def test_the_bash_completion_script_completes_groups_options_keys_and_commands(tmp_path):
+    """What `eval "$(dlrun train --shell-completion install=bash)"` installs, in a real bash: it calls
+    `dlrun -sc query=bash` back, which dlrun refused as an unknown command ('-sc')."""
+    bin_dir = Path(sys.executable).parent
+    assert (bin_dir / "dlrun").is_file(), "the dlrun entry point of this environment"
+    script = tmp_path / "complete.sh"
+    script.write_text('''
+eval "$(dlrun train --shell-completion install=bash)"
+for line in "dlrun train optim=ad" "dlrun train trainer.epo" "dlrun ev"; do
+    COMP_LINE="$line"; COMP_POINT=${#COMP_LINE}; words=($COMP_LINE); COMP_CWORD=$(( ${#words[@]} - 1 ))
+    COMPREPLY=(); hydra_bash_completion
+    echo "${COMPREPLY[*]}"
+done
+complete -p dlrun
+''')
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                            env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0 and len(lines) == 4, result.stdout + result.stderr
+    assert sorted(lines[0].split()) == ["optim=adagrad", "optim=adam", "optim=adamw"]
+    assert lines[1].split() == ["trainer.epochs="]
+    assert lines[2].split() == ["eval"]
+    assert lines[3].endswith(" dlrun")  # the program is completed, not a second command named "train"

@@ -136,3 +136,48 @@ def test_bad_values_fail_before_training_in_one_line(tmp_path, overrides, messag
         train(tmp_path, *overrides, "trainer.device=cpu")
     assert message in str(error.value) and "\n" not in str(error.value)
     assert refused(tmp_path) and not (tmp_path / "tb").exists()
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (("+optim.fused=false", "optim.foreach=false", "+optim.maximize=false"), {"fused": False, "foreach": False}),
+    (("optim=adam", "+optim.decoupled_weight_decay=true", "optim.weight_decay=0.01"), {"decoupled_weight_decay": True}),
+    (("optim=sgd", "optim.foreach=true", "+optim.differentiable=false"), {"foreach": True, "differentiable": False}),
+    (("optim=rmsprop", "+optim.capturable=false", "+optim.maximize=true"), {"maximize": True}),
+    (("optim._target_=torch.optim.NAdam", "+optim.momentum_decay=0.004"), {"momentum_decay": 0.004}),
+])
+def test_every_argument_torch_takes_is_accepted_and_reaches_the_optimizer(overrides, expected):
+    """Optimizer schemas come from torch's signatures: fused, foreach, maximize, ... need no copy in dlrun,
+    and any torch.optim class gets its own (NAdam's momentum_decay)."""
+    from dlrun.schema import validate
+
+    cfg, _ = make_config(*overrides)
+    validate(cfg)
+    optimizer = build_optimizer(cfg.optim, [torch.nn.Parameter(torch.zeros(2))])
+    assert {key: optimizer.defaults[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (("optim.foreach=maybe",), "optim.foreach='maybe' must be true or false"),
+    (("+optim.fused=maybe",), "optim.fused='maybe' must be true or false"),
+    (("optim._target_=torch.optim.NAdam", "+optim.momentum_decayy=1"),
+     "optim.momentum_decayy: unknown key for torch.optim.NAdam; its keys: _target_, _partial_, lr, betas, eps, weight_decay, momentum_decay,"),
+    (("optim._target_=torch.optim.NAdam", "optim.lr=-1"), "optim.lr=-1 must be a number > 0"),
+])
+def test_a_signature_schema_still_checks_types_ranges_and_names(overrides, message):
+    from dlrun.schema import validate
+
+    cfg, _ = make_config(*overrides)
+    with pytest.raises(UserError) as caught:
+        validate(cfg)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_a_mistyped_key_the_config_lacks_is_refused_naming_the_one_meant_and_the_keys(tmp_path):
+    from tests.conftest import dlrun_here
+
+    result = dlrun_here("train", "optim.lrr=0.1", cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("dlrun train: error: optim.lrr: unknown key for torch.optim.Adam (did you mean optim.lr?); "
+                               "its keys: lr, betas, eps, weight_decay, foreach;"), lines[0]
+    assert not (tmp_path / "outputs").exists()

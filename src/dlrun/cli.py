@@ -95,6 +95,9 @@ def _main(argv: list[str]) -> None:
 
         print(f"dlrun {__version__}")
         return
+    if argv[0] in ("-sc", "--shell-completion"):  # the script `dlrun train -sc install=bash` installed asks
+        complete(argv)
+        return
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"dlrun: error: unknown command '{command}'; choose one of: {', '.join(COMMANDS)} "
@@ -140,7 +143,10 @@ def _main(argv: list[str]) -> None:
     _say.full_error = asked == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     rest = [quote_dimension(arg) for arg in rest]
-    sys.argv = [f"dlrun {command}", *rest]
+    # Hydra names the app after argv[0]: "dlrun train" in its help; the completion script it
+    # installs must complete the program, dlrun, and call it back as `dlrun -sc query=...`.
+    installs = any(arg in ("-sc", "--shell-completion") for arg in rest)
+    sys.argv = ["dlrun" if installs else f"dlrun {command}", *rest]
     try:
         _run(command, rest)
     finally:  # as the user had it, for a caller that runs main again in this process
@@ -148,6 +154,28 @@ def _main(argv: list[str]) -> None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = asked
+
+
+def complete(argv: list[str]) -> None:
+    """A shell's completion query (COMP_LINE holds the line typed): the commands after `dlrun`, and
+    Hydra's own completion of groups, options and keys after `dlrun train`."""
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split()
+    typing_word = bool(line) and not line.endswith(" ")
+    fish = any(arg.endswith("=fish") for arg in argv)
+    if len(words) <= 1 or (len(words) == 2 and typing_word):  # the command itself
+        prefix = words[1] if len(words) == 2 else ""
+        names = [name for name in COMMANDS if name.startswith(prefix)]
+        print("\n".join(names) if fish else " ".join(names))
+        return
+    if words[1] != "train":  # the other commands take paths and their own options: the shell's default
+        return
+    start = line.index("train")
+    os.environ["COMP_LINE"] = line[:start] + line[start + len("train"):].lstrip(" ")
+    sys.argv = ["dlrun", *argv]
+    from dlrun.train.app import train_app
+
+    train_app()
 
 
 def quote_dimension(arg: str) -> str:
@@ -228,7 +256,43 @@ def _run(command: str, rest: list[str]) -> None:
 
             ensemble_main(rest)
     except (UserError, HydraException, OmegaConfBaseException) as exc:
-        fail(command, exc)
+        fail(command, with_the_keys(exc, rest) if command in ("train", "summary") else exc)
+
+
+def with_the_keys(exc: BaseException, args: list[str]) -> BaseException:
+    """Hydra's "Could not override 'optim.lrr'" names neither the keys optim has nor the one meant:
+    the config composed without that override does (composed again, on this error's path only)."""
+    import difflib
+    import re
+
+    from dlrun.errors import UserError
+
+    found = re.match(r"Could not override '([\w.]+)'", str(exc))
+    if not found:
+        return exc
+    key = found.group(1)
+    parent, _, leaf = key.rpartition(".")
+    try:
+        from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+        from omegaconf import DictConfig, OmegaConf
+
+        from dlrun.paths import CONFIG_DIR
+
+        others = [a for a in args if "=" in a and not a.startswith("-") and a.split("=", 1)[0] != key]
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            node = OmegaConf.select(compose("train", overrides=others), parent) if parent else None
+    except Exception:  # the other overrides do not compose either: Hydra's words, then
+        return exc
+    if not isinstance(node, DictConfig):
+        return exc
+    keys = [k for k in node if not str(k).startswith("_")]
+    owner = node.get("_target_") or parent
+    close = difflib.get_close_matches(leaf, keys, n=1)
+    meant = f" (did you mean {parent}.{close[0]}?)" if close else ""
+    return UserError(f"{key}: unknown key for {owner}{meant}; its keys: {', '.join(map(str, keys))}; "
+                     f"another argument its class takes is added with +{parent}.NAME=VALUE")
 
 
 def devices_asked(args: list[str]) -> int:

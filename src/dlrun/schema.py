@@ -14,6 +14,7 @@ unchecked, as Hydra would; its constructor is the judge.
 """
 
 import dataclasses
+import functools
 import math
 import os
 import types
@@ -423,58 +424,71 @@ class Loss:
 # ------------------------------------------------------------------------------------ optimizers
 
 LR = dict(gt=0, hint="(the notes: search it in log space, 1e-5 to 1e-1)")
+# The ranges dlrun adds to torch's optimizer arguments, by the argument's name: every optimizer that
+# takes one gets its rule. The arguments themselves, their types and defaults, are torch's own
+# (signature_schema), so every argument torch accepts (fused, foreach, maximize, ...) is accepted.
+OPTIM_RULES: dict[str, dict[str, Any]] = {
+    "lr": LR,
+    "weight_decay": dict(ge=0),
+    "momentum": dict(**FRACTION, hint="(0.9 is the notes' usual value)"),
+    "dampening": FRACTION,
+    "betas": dict(**FRACTION, length=2, hint="(e.g. [0.9,0.999])"),
+    "eps": dict(gt=0),
+    "alpha": dict(**FRACTION, hint="(RMSProp's decay rate; the notes' 0.99)"),
+    "lr_decay": dict(ge=0),
+    "initial_accumulator_value": dict(ge=0),
+    "max_iter": dict(ge=1),
+    "max_eval": dict(ge=1),
+    "tolerance_grad": dict(ge=0),
+    "tolerance_change": dict(ge=0),
+    "history_size": dict(ge=1),
+    "line_search_fn": dict(choices=("strong_wolfe",)),
+}
 
 
-@dataclass
-class Optimizer:
-    _target_: str = MISSING
-    _partial_: bool = True
-    lr: float = setting(1e-3, **LR)
-    weight_decay: float = setting(0.0, ge=0)
+def _field_kind(annotation: Any) -> tuple[Any, bool]:
+    """An OmegaConf field type for a torch argument's annotation, and whether it takes None:
+    float | Tensor -> float, tuple[float | Tensor, ...] -> list[float], bool | None -> bool (optional)."""
+    args = typing.get_args(annotation)
+    optional = type(None) in args
+    if typing.get_origin(annotation) in (tuple, list):
+        inner = {_field_kind(a)[0] for a in args if a is not Ellipsis}
+        return (list[inner.pop()] if len(inner) == 1 and Any not in inner else list), optional
+    for kind in (bool, int, float, str):
+        if annotation is kind or kind in args:
+            return kind, optional
+    return Any, optional
 
 
-@dataclass
-class SGD(Optimizer):
-    lr: float = setting(0.1, **LR)
-    momentum: float = setting(0.0, **FRACTION, hint="(0.9 is the notes' usual value)")
-    dampening: float = setting(0.0, **FRACTION)
-    nesterov: bool = False
+def signature_schema(cls: type, rules: dict[str, dict[str, Any]], skip: tuple[str, ...] = ("params",)) -> type:
+    """A schema for a class dlrun does not own, from its constructor's signature: each argument with
+    torch's type and default, and dlrun's rule where `rules` has one for its name."""
+    import inspect
+
+    hints = typing.get_type_hints(cls.__init__)
+    fields: list[tuple[str, Any, Any]] = [("_target_", str, field(default=MISSING)), ("_partial_", bool, field(default=True))]
+    for name, parameter in inspect.signature(cls).parameters.items():
+        if name in skip or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        kind, optional = _field_kind(hints.get(name, Any))
+        default = MISSING if parameter.default is parameter.empty else parameter.default
+        default = list(default) if isinstance(default, tuple) else default
+        if kind is float and isinstance(default, int) and not isinstance(default, bool):
+            default = float(default)
+        fields.append((name, Optional[kind] if optional or default is None else kind, setting(default, **rules.get(name, {}))))
+    return dataclasses.make_dataclass(cls.__name__, fields)
 
 
-@dataclass
-class Adam(Optimizer):
-    betas: list[float] = setting([0.9, 0.999], **FRACTION, length=2, hint="(e.g. [0.9,0.999])")
-    eps: float = setting(1e-8, gt=0)
-    amsgrad: bool = False
+@functools.cache
+def optimizer_schema(target: str) -> type | None:
+    """torch.optim.NAME's schema from its signature (any optimizer torch.optim has), or None."""
+    import torch
 
-
-@dataclass
-class RMSprop(Optimizer):
-    alpha: float = setting(0.99, **FRACTION, hint="(RMSProp's decay rate; the notes' 0.99)")
-    eps: float = setting(1e-7, gt=0)
-    momentum: float = setting(0.0, **FRACTION)
-    centered: bool = False
-
-
-@dataclass
-class Adagrad(Optimizer):
-    lr: float = setting(0.01, **LR)
-    lr_decay: float = setting(0.0, ge=0)
-    initial_accumulator_value: float = setting(0.0, ge=0)
-    eps: float = setting(1e-7, gt=0)
-
-
-@dataclass
-class LBFGS:
-    _target_: str = MISSING
-    _partial_: bool = True
-    lr: float = setting(1.0, gt=0)
-    max_iter: int = setting(20, ge=1)
-    max_eval: Optional[int] = setting(None, ge=1)
-    tolerance_grad: float = setting(1e-7, ge=0)
-    tolerance_change: float = setting(1e-9, ge=0)
-    history_size: int = setting(10, ge=1)
-    line_search_fn: Optional[str] = setting("strong_wolfe", choices=("strong_wolfe",))
+    module, _, name = target.rpartition(".")
+    cls = getattr(torch.optim, name, None) if module == "torch.optim" else None
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
+        return None
+    return signature_schema(cls, OPTIM_RULES)
 
 
 # ------------------------------------------------------------------------------------ schedules
@@ -641,8 +655,6 @@ TARGETS: dict[str, type] = {
     "dlrun.models.alexnet.alexnet": AlexNet, "dlrun.models.vgg.vgg": VGG, "dlrun.models.resnet.resnet": ResNet,
     "dlrun.models.resnet9.resnet9": ResNet9,
     "dlrun.models.googlenet.googlenet": GoogLeNet, "dlrun.models.rnn.Recurrent": Recurrent,
-    "torch.optim.SGD": SGD, "torch.optim.Adam": Adam, "torch.optim.AdamW": Adam, "torch.optim.RMSprop": RMSprop,
-    "torch.optim.Adagrad": Adagrad, "torch.optim.LBFGS": LBFGS,
     "torch.optim.lr_scheduler.ConstantLR": ConstantLR, "torch.optim.lr_scheduler.CosineAnnealingLR": CosineAnnealingLR,
     "torch.optim.lr_scheduler.ExponentialLR": ExponentialLR, "dlrun.optim.InverseSqrtLR": InverseLR,
     "dlrun.optim.InverseTimeLR": InverseLR, "torch.optim.lr_scheduler.LinearLR": LinearLR,
@@ -679,8 +691,9 @@ def validate(cfg: DictConfig) -> None:
         if not isinstance(target, str) or not target:
             raise UserError(f"{group}._target_={_shown(target)!r} must name a class by its dotted path, "
                             f"e.g. {EXAMPLES[group]}")
-        if target in TARGETS:
-            check_node(node, TARGETS[target], f"{group}.", target)
+        schema = TARGETS.get(target) or (optimizer_schema(target) if group == "optim" else None)
+        if schema is not None:
+            check_node(node, schema, f"{group}.", target)
         elif not isinstance(node.get("_partial_", False), bool):
             raise UserError(f"{group}._partial_={_shown(node.get('_partial_'))!r} must be true or false")
 

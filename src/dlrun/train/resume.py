@@ -38,6 +38,7 @@ MAY_CHANGE = (
     # split and preprocessing are compared
     "data.root", "data.path", "data.download", "data.eval_batch_size", "data.on_device", "data.workers",
     "model.weights",  # the checkpoint's weights replace them
+    "optim.foreach", "optim.fused",  # how torch runs the same update (its multi-tensor or fused kernels)
 )
 # Settings that are off when absent: a checkpoint from a dlrun before they existed had them off.
 OFF = (None, False, 0, "none")
