@@ -34,14 +34,16 @@ def split_model_node(node: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
     return node, options
 
 
-def apply_reg_dropout(node: DictConfig, cfg: DictConfig) -> None:
-    """reg=dropout sets the model's dropout probability (of dropping, PyTorch's convention)."""
+def apply_reg_dropout(node: DictConfig, cfg: DictConfig, takes: Any = None) -> None:
+    """reg=dropout sets the model's dropout probability (of dropping, PyTorch's convention): its
+    model.dropout, or the `dropout` argument of a class whose config does not name one."""
     p = OmegaConf.select(cfg, "reg.dropout")
     if p is None:
         return
-    if "dropout" not in node:
+    if "dropout" not in node and not (takes is not None and takes("dropout")):
         raise UserError(f"reg=dropout: this model has no dropout setting (model._target_={node.get('_target_')}); "
-                        "use a model with model.dropout (mlp, cnn, alexnet, vgg, googlenet, rnn, lstm, gru)")
+                        "use a model with model.dropout (mlp, cnn, alexnet, vgg, googlenet, rnn, lstm, gru), "
+                        "or give your class a dropout argument")
     with open_dict(node):
         node.dropout = p
 
@@ -49,8 +51,14 @@ def apply_reg_dropout(node: DictConfig, cfg: DictConfig) -> None:
 def build_model(cfg: DictConfig, data: Any) -> nn.Module:
     """cfg.model shaped to the data, initialised as cfg.init says, then model.weights and model.freeze applied."""
     node, options = split_model_node(cfg.model)
-    apply_reg_dropout(node, cfg)
-    model = build(node, input_shape=data.input_shape, num_outputs=data.num_outputs, layout=data.layout)
+    shape = {"input_shape": data.input_shape, "num_outputs": data.num_outputs, "layout": data.layout}
+    if str(node.get("_target_", "")).startswith("dlrun."):  # the zoo: every class takes all of it
+        apply_reg_dropout(node, cfg)
+        model = build(node, **shape)
+    else:
+        takes = accepted(node)
+        apply_reg_dropout(node, cfg, takes)
+        model = build(user_model_node(node, takes), **{k: v for k, v in shape.items() if takes(k)})
     initialize(model, **OmegaConf.to_container(cfg.init, resolve=True))
     from dlrun.models.transfer import freeze, load_weights
 
@@ -59,3 +67,58 @@ def build_model(cfg: DictConfig, data: Any) -> nn.Module:
     freeze(model, OmegaConf.to_container(options["freeze"], resolve=True)
            if OmegaConf.is_config(options["freeze"]) else options["freeze"])
     return model
+
+
+# ------------------------------------------------------------------------ a user's own model class
+def accepted(node: DictConfig) -> Any:
+    """For model._target_ naming a user's class (or function): whether it takes a keyword argument."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    target = node.get("_target_")
+    try:
+        signature = inspect.signature(get_object(str(target)))
+    except (ImportError, AttributeError, ValueError, TypeError) as exc:
+        raise UserError(f"model._target_={target}: cannot be imported ({exc}); put its package on PYTHONPATH "
+                        "or install it") from None
+    params = signature.parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return lambda name: True
+    names = {name for name, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names.__contains__
+
+
+def zoo_keys() -> set[str]:
+    """The keys of dlrun's own model configs (configs/model/*.yaml)."""
+    import yaml
+
+    from dlrun.paths import CONFIG_DIR
+    from pathlib import Path
+
+    keys: set[str] = set()
+    for path in (Path(CONFIG_DIR) / "model").glob("*.yaml"):
+        keys.update(k for k in (yaml.safe_load(path.read_text()) or {}) if not k.startswith("_"))
+    return keys
+
+
+def user_model_node(node: DictConfig, takes: Any) -> DictConfig:
+    """The model config a user's class is called with: the keys of the zoo's config it replaced
+    (model._target_=mypkg.Tiny over model=mlp leaves hidden, activation, ...) that it does not take
+    are left out; any other key it does not take is a mistake, said in one line."""
+    import logging
+
+    node = node.copy()
+    extra = [k for k in node if not str(k).startswith("_") and not takes(k)]
+    zoo = zoo_keys()
+    wrong = [k for k in extra if k not in zoo]
+    if wrong:
+        raise UserError(f"model.{wrong[0]}: {node.get('_target_')} takes no argument '{wrong[0]}'; drop it, or "
+                        f"give the class that argument")
+    if extra:
+        logging.getLogger("dlrun").info(f"model: {node.get('_target_')} takes none of {', '.join(map(str, extra))} "
+                                        "(the zoo model's config it replaced): left out")
+    with open_dict(node):
+        for key in extra:
+            del node[key]
+    return node
