@@ -125,6 +125,7 @@ def upgrade(config: dict[str, Any]) -> dict[str, Any]:
         data["preprocess"] = "channel_standardize" if data.pop("normalize") else "none"
         config["data"] = data
     config.setdefault("eval", {"tta": "none"})
+    config.pop("callbacks", None)  # a training run's observers: evaluation builds none, so reads none
     return config
 
 

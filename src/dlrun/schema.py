@@ -666,10 +666,11 @@ EXAMPLES = {"data": "dlrun.data.digits.DigitsData", "model": "dlrun.models.mlp.M
 # Groups without a target: one schema each.
 GROUPS: dict[str, type | None] = {"data": None, "model": None, "init": Init, "reg": Reg, "loss": Loss,
                                   "optim": None, "sched": None, "trainer": Trainer, "logger": Logger,
-                                  "check": CheckOptions, "sweep": Sweep, "augment": Augment, "eval": Eval}
+                                  "check": CheckOptions, "sweep": Sweep, "augment": Augment, "eval": Eval,
+                                  "callbacks": None}
 # Groups a config may lack: check and sweep (set by `dlrun check` and sweep=random), augment and eval
 # (a checkpoint's config from before they existed: both off).
-OPTIONAL = ("check", "sweep", "augment", "eval")
+OPTIONAL = ("check", "sweep", "augment", "eval", "callbacks")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -684,6 +685,11 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"{group} is missing from the config; choose one with {group}=NAME "
                             f"(dlrun train --help lists them)")
         node = cfg[group]
+        if group == "callbacks":  # {name: {_target_: ...}}: each a user's class (dlrun.train.callbacks)
+            for name, entry in node.items():
+                if entry is not None and not (isinstance(entry, DictConfig) and isinstance(entry.get("_target_"), str)):
+                    raise UserError(f"callbacks.{name} must name a class: callbacks.{name}._target_=mypkg.MyCallback")
+            continue
         if schema is not None:
             check_node(node, schema, f"{group}.", f"{group}")
             continue

@@ -33,6 +33,7 @@ from dlrun.regularization import Regularization, apply_maxnorm, penalized_weight
 from dlrun import checkpoint
 from dlrun.train.distributed import World
 from dlrun.train.ema import EMA
+from dlrun.train.callbacks import Callbacks
 from dlrun.train.interrupt import StopRequest, catch_signals
 
 log = logging.getLogger("dlrun")
@@ -118,8 +119,9 @@ class Trainer:
                  diagnostics: DiagnosticsSettings | None = None, checkpoint_every_steps: int | None = None,
                  augment: Augment | None = None, tta: str = "none", world: World = World(),
                  channels_last: bool = False, compile: bool = False, compile_mode: str = "default",
-                 drop_last: bool = False, micro_batch_size: int | None = None):
+                 drop_last: bool = False, micro_batch_size: int | None = None, callbacks: Callbacks | None = None):
         self.model, self.data, self.optimizer, self.scheduler = model, data, optimizer, scheduler
+        self.callbacks = callbacks or Callbacks()
         # Under torchrun: DDP averages the ranks' gradients in backward. Training's forward goes
         # through the wrapper; evaluation, checkpoints and the diagnostics use the model itself.
         self.world = world
@@ -227,7 +229,10 @@ class Trainer:
         self.progress = StepProgress(self.total_steps, done=self.step) if self.world.main else None
         try:
             with catch_signals(self.stop_request):
-                return self._fit()
+                self.callbacks.call(self.callbacks.on_fit_start, self)
+                status = self._fit()
+                self.callbacks.call(self.callbacks.on_fit_end, self, status)
+                return status
         finally:
             if self.progress is not None:
                 self.progress.close()
@@ -251,6 +256,9 @@ class Trainer:
             improved = self._track_best(val)
             after_validation(self.scheduler, self.sched_interval, val[self.monitor.split("/", 1)[1]])
             self._end_epoch(train_metrics, val, improved)
+            if self.callbacks.on_epoch_end:
+                metrics = {**{f"train/{k}": v for k, v in train_metrics.items()}, **{f"val/{k}": v for k, v in val.items()}}
+                self.callbacks.call(self.callbacks.on_epoch_end, self, self.epoch, metrics)
             if self._early_stop(val):
                 log.info(f"early stopping: {self.monitor} has not improved by more than {self.reg.min_delta:g} "
                          f"for {self.reg.patience} epochs; testing the best, epoch {self.best.epoch}")
@@ -391,6 +399,8 @@ class Trainer:
         self.window_samples += self.batch_samples
         if log_now:
             self._flush(grad_norm)
+        if self.callbacks.on_step_end:
+            self.callbacks.call(self.callbacks.on_step_end, self, self.step, loss.detach())
 
     def forward_loss(self, x: torch.Tensor, y: torch.Tensor, diagnose: bool = False, mix: Mix | None = None,
                      penalize: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -681,6 +691,7 @@ class Trainer:
                 self.checkpoints.save(state, self.checkpoint_dir / "last.pt", previous=self.checkpoint_dir / "previous.pt")
                 self.writer.flush()
             self.checkpoint_written = f"epoch {self.epoch}"
+            self.callbacks.call(self.callbacks.on_checkpoint, self, self.checkpoint_dir / "last.pt", self.epoch, self.step)
 
     # ------------------------------------------------------------------------- checkpoints
     def _save_mid_epoch(self) -> None:
@@ -702,6 +713,7 @@ class Trainer:
             self.checkpoints.save(state, self.checkpoint_dir / "last.pt", previous=self.checkpoint_dir / "previous.pt")
             self.writer.flush()
         self.checkpoint_written = f"epoch {self.epoch}, step {self.step}"
+        self.callbacks.call(self.callbacks.on_checkpoint, self, self.checkpoint_dir / "last.pt", self.epoch, self.step)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly where this one is.
@@ -733,6 +745,7 @@ class Trainer:
             "train_samples": self.train_samples,
             "train_seconds": self.train_seconds,
             "config": self.config,
+            **({"callbacks": self.callbacks.state_dict()} if self.callbacks else {}),
         }
 
     def _rng_state(self) -> dict[str, Any]:
@@ -782,6 +795,8 @@ class Trainer:
         self.resume_position = state.get("partial")  # a mid-epoch checkpoint: train_epoch continues that epoch
         self.train_samples = int(state.get("train_samples", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        if isinstance(state.get("callbacks"), dict):
+            self.callbacks.load_state_dict(state["callbacks"])
 
     def test(self) -> dict[str, float]:
         """Evaluate the best weights (by the monitored metric) on the test split."""

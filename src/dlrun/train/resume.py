@@ -33,7 +33,7 @@ MAY_CHANGE = (
     "trainer.compile", "trainer.compile_mode", "trainer.deterministic", "trainer.threads", "trainer.micro_batch_size",
     "trainer.epochs", "trainer.max_steps", "trainer.stop_at_epoch", "trainer.checkpoint",
     "trainer.checkpoint_every_steps", "trainer.resume",
-    "logger", "eval", "sweep", "check",
+    "logger", "eval", "sweep", "check", "callbacks",
     # where the data is read from (another machine's mount), not which data: the data's class,
     # split and preprocessing are compared
     "data.root", "data.path", "data.download", "data.eval_batch_size", "data.on_device", "data.workers",

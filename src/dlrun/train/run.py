@@ -31,6 +31,7 @@ from dlrun.optim import (build_optimizer, build_scheduler, check_closure_optimiz
 from dlrun import checkpoint
 from dlrun.train import distributed, resume
 from dlrun.train.distributed import World
+from dlrun.train.callbacks import build_callbacks
 from dlrun.train.interrupt import catch_signals, preemption_signal
 from dlrun.train.loop import Trainer, piece_sizes, plan, resolve_monitor
 
@@ -280,6 +281,7 @@ def build_trainer(parts: Parts, log_dir: Path | None, checkpoint_dir: Path | Non
     writer = RunWriter(log_dir or Path("."), enabled=log_dir is not None and parts.world.main)
     if not parts.world.main:
         options["ratio_every"] = 0  # rank 0 measures the update ratios: the weights are the same on every rank
+    options.setdefault("callbacks", build_callbacks(cfg.get("callbacks")))
     return Trainer(model, data, optimizer, scheduler, interval, device=parts.device, precision=parts.precision,
                    writer=writer, world=parts.world, **options)
 
