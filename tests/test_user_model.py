@@ -83,40 +83,45 @@ def test_a_user_model_mistake_is_one_line(user, overrides, message):
     assert not list(tmp_path.rglob("*.pt"))
 
 
-def readme_extending() -> tuple[dict[str, str], list[str]]:
-    """The README's "Your own model": the files it shows (<!-- file: PATH --> before a block) and
-    the commands of its console block."""
+def readme_example(title: str, end: str) -> tuple[dict[str, str], list[str]]:
+    """A README "Extending dlrun" subsection: the files it shows (<!-- file: PATH --> before a
+    block) and the commands of its console block."""
     import re
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = text[text.index("### Your own model"):text.index("### Your own optimizer settings")]
+    section = text[text.index(title):text.index(end)]
     files = dict(re.findall(r"<!-- file: (\S+) -->\n```\w+\n(.*?)```", section, re.S))
     commands = [line[2:] for line in section.splitlines() if line.startswith("$ ")]
     return files, commands
 
 
-def test_the_readmes_own_model_example_trains_as_written(tmp_path, monkeypatch):
+@pytest.mark.parametrize("title,end,paths", [
+    ("### Your own model", "### Your own callback", {"mypkg/tiny.py", "conf/model/tiny.yaml"}),
+    ("### Your own callback", "### Your own optimizer settings", {"mypkg/callbacks.py", "conf/callbacks/print_best.yaml"}),
+])
+def test_the_readmes_extending_examples_run_as_written(title, end, paths, tmp_path, monkeypatch):
     import shlex
+    import sys
 
-    files, commands = readme_extending()
-    assert set(files) == {"mypkg/tiny.py", "conf/model/tiny.yaml"} and len(commands) == 2
+    files, commands = readme_example(title, end)
+    assert set(files) == paths and len(commands) == 2
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     (tmp_path / "mypkg" / "__init__.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))
-    import sys
-
     for name in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:  # another test's mypkg
         monkeypatch.delitem(sys.modules, name)
     for number, command in enumerate(commands):
         env, dlrun, *args = shlex.split(command.replace("$PWD", str(tmp_path)))
         assert env == "PYTHONPATH=." and dlrun == "dlrun"
         run = tmp_path / f"run{number}"
-        result = dlrun_here(*args, "trainer.max_steps=3", f"hydra.run.dir={run}", cwd=tmp_path)
+        result = dlrun_here(*args, "trainer.epochs=2", f"hydra.run.dir={run}", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+        if "callbacks" in title:
+            assert "epoch 1: new best val/acc" in result.stdout
 
 
 def test_the_contract_is_in_the_models_package_docstring():
