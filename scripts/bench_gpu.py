@@ -47,7 +47,8 @@ from dlrun.models.lenet import LeNet
 from dlrun.models.resnet import resnet
 from dlrun.models.vgg import vgg
 from dlrun.paths import CONFIG_DIR
-from dlrun.train.run import build_parts, build_trainer, train
+from dlrun.train.assembly import build_parts, build_trainer
+from dlrun.train.run import train
 
 # name -> (builder, sample shape, batch size)
 MODELS = {

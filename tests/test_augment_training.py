@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from dlrun.errors import UserError
 from dlrun import checkpoint
-from dlrun.train.run import build_parts, build_trainer
+from dlrun.train.assembly import build_parts, build_trainer
 from tests.conftest import make_config, train
 
 FAST = ("trainer.device=cpu", "logger.hparams=false", "logger.ratio_every=0", "model=cnn")

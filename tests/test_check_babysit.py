@@ -57,7 +57,7 @@ def test_regularisation_raises_the_initial_loss_by_the_papers_penalty(tmp_path):
     off, on = report["lines"]
     assert on["verdict"] == "ok" and on["data"]["loss"] > off["data"]["loss"]
     # The penalty is the notes' 0.5 * l2 * sum(W^2) over the weight matrices of the same initial model.
-    from dlrun.train.run import build_parts
+    from dlrun.train.assembly import build_parts
 
     cfg, _ = make_config("reg=l2", "reg.l2=0.01", "trainer.device=cpu")
     model = build_parts(cfg).model

@@ -167,7 +167,7 @@ def override_sets(draw, leave_out: tuple[str, ...] = ()) -> tuple[tuple[str, ...
 
 @given(override_sets())
 def test_random_overrides_never_give_a_traceback(drawn):
-    from dlrun.train.run import build_parts, build_trainer
+    from dlrun.train.assembly import build_parts, build_trainer
 
     choices, overrides = drawn
     logging.disable(logging.WARNING)

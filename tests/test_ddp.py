@@ -22,7 +22,7 @@ from dlrun.errors import UserError
 from dlrun.losses import build_loss
 from dlrun import checkpoint
 from dlrun.train.distributed import World, rank_overrides, shared_run_dir
-from dlrun.train.run import check_world
+from dlrun.train.assembly import check_world
 
 # mlp on digits, no dropout: 1294 training samples, so each epoch ends with a batch of 14 (7 per rank).
 RUN = ["trainer.device=cpu", "model=mlp", "reg=none", "data.batch_size=64", "trainer.epochs=4", "trainer.seed=3", "logger.every=5"]
@@ -187,7 +187,7 @@ def test_a_sweep_under_torchrun_is_refused():
 def test_sync_bn_turns_every_batchnorm_into_syncbatchnorm_under_ddp():
     from torch import nn
 
-    from dlrun.train.run import build_parts
+    from dlrun.train.assembly import build_parts
 
     threads = torch.get_num_threads()
     try:  # build_parts gives each of the ranks on a machine its share of the cores
@@ -207,7 +207,7 @@ def test_sync_bn_turns_every_batchnorm_into_syncbatchnorm_under_ddp():
 def test_more_ranks_on_a_machine_than_its_gpus_are_refused_in_one_line(monkeypatch):
     """What the H200 showed (2026-12-04): with one GPU, two ranks under trainer.device=auto both
     want it. dlrun refuses that before any data is read; on the CPU the ranks run with gloo."""
-    from dlrun.train.run import resolve_device
+    from dlrun.train.assembly import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -94,7 +94,7 @@ def test_every_zero_turns_all_diagnostics_off_but_the_gap(tmp_path):
 
 
 def test_a_disabled_writer_computes_nothing(tmp_path):
-    from dlrun.train.run import build_parts, build_trainer
+    from dlrun.train.assembly import build_parts, build_trainer
 
     cfg, _ = make_config("trainer.max_steps=2", "trainer.device=cpu")
     trainer = build_trainer(build_parts(cfg), None)
@@ -145,7 +145,7 @@ def test_recurrent_output_is_a_hidden_layer_with_saturation():
 
 def test_grad_norm_is_the_norm_of_that_step_gradient(tmp_path):
     """The first step's grad_norm/<name> against torch's norm of the gradient of the same batch."""
-    from dlrun.train.run import build_parts, build_trainer
+    from dlrun.train.assembly import build_parts, build_trainer
 
     cfg, _ = make_config("trainer.max_steps=1", "trainer.device=cpu", "model.hidden=[32]", "reg=l2",
                          "logger.diagnostics.every=1", *FAST)
@@ -213,7 +213,7 @@ def test_a_diverging_cli_run_exits_with_one_line_naming_the_step_and_the_lr(tmp_
 
 def _good_epoch_then(tmp_path):
     """A Trainer after one good epoch (checkpointed), its last.pt's bytes, and the trainer."""
-    from dlrun.train.run import build_parts, build_trainer
+    from dlrun.train.assembly import build_parts, build_trainer
 
     cfg, _ = make_config("trainer.epochs=3", "trainer.device=cpu", "optim=sgd", "sched=constant",
                          "logger.hparams=false", "trainer.stop_at_epoch=1")

@@ -26,7 +26,7 @@ ENV = {"OMP_NUM_THREADS": "1", "COLUMNS": "120"}
 INTERRUPTED = ("dlrun train: error: interrupted by SIGINT (Ctrl-C) before it finished; what was on disk before is as "
                "it was: run the command again")
 
-# The ranks the test names (rank 0: also the one process) stop at a function of dlrun.train.run and
+# The ranks the test names (rank 0: also the one process) stop at a function of dlrun.train.assembly and
 # wait for a signal: SIGTERM's default action (the launcher ending a rank) or dlrun's SIGINT handler
 # ends the wait. A launcher imports it too, and never calls it.
 HOOK = """
@@ -34,16 +34,20 @@ import os, signal
 from pathlib import Path
 
 if os.environ.get("RANK", "0") in os.environ["DLRUN_TEST_HOLD_RANKS"].split(","):
-    import dlrun.train.run as run
+    import dlrun.train.assembly
+    import dlrun.train.run
 
-    real = getattr(run, os.environ["DLRUN_TEST_HOLD"])
+    name = os.environ["DLRUN_TEST_HOLD"]
+    real = getattr(dlrun.train.assembly, name)
 
     def held(*args, **kwargs):
         Path(os.environ["DLRUN_TEST_READY"], "rank" + os.environ.get("RANK", "0")).touch()
         signal.pause()
         return real(*args, **kwargs)
 
-    setattr(run, os.environ["DLRUN_TEST_HOLD"], held)
+    for module in (dlrun.train.assembly, dlrun.train.run):  # where it is defined, and where run imported it
+        if hasattr(module, name):
+            setattr(module, name, held)
 """
 
 

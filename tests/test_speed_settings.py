@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dlrun.errors import UserError
-from dlrun.train.run import build_parts, build_trainer, resolve_precision
+from dlrun.train.assembly import build_parts, build_trainer, resolve_precision
 from tests.conftest import ROOT, make_config, train
 from tests.test_vision_data import cifar_files
 

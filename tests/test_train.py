@@ -249,7 +249,7 @@ def test_a_last_batch_of_one_sample_that_batchnorm_cannot_train_on_is_left_out(t
 def test_which_last_batches_batchnorm_cannot_train_on_under_ddp():
     """The last batch's shards (tensor_split) hold 1 sample on some rank exactly when 0 < last < 2 x ranks."""
     from dlrun.train.distributed import World
-    from dlrun.train.run import build_parts, last_batch_breaks_batchnorm
+    from dlrun.train.assembly import build_parts, last_batch_breaks_batchnorm
     from tests.conftest import make_config
 
     parts = build_parts(make_config("model.norm=batch", "data.batch_size=64")[0])  # 1294 = 20 x 64 + 14
@@ -280,7 +280,7 @@ def test_piece_sizes_are_the_shards_and_micro_batches_the_trainer_cuts(samples, 
 
 
 def test_micro_batches_of_one_sample_under_batchnorm_are_refused_in_one_line():
-    from dlrun.train.run import build_parts, build_trainer
+    from dlrun.train.assembly import build_parts, build_trainer
     from tests.conftest import make_config
 
     with pytest.raises(UserError, match=r"^trainer.micro_batch_size=1 leaves pieces of 1 sample, on which BatchNorm "

@@ -165,7 +165,7 @@ def rebuild(ckpt: str, overrides: list[str] = ()) -> tuple[Any, dict[str, Any], 
         if "weights" in cfg.model:
             cfg.model.weights = None
 
-    from dlrun.train.run import build_parts
+    from dlrun.train.assembly import build_parts
 
     parts = build_parts(cfg)
     checkpoint.load_model_state(parts.model, state["model"], path)
@@ -179,7 +179,7 @@ def evaluate(ckpt: str, overrides: list[str] = ()) -> dict[str, Any]:
      "test": {"loss", "acc"}, "val": {...}, "samples": {"test": n, "val": n}}
     """
     from dlrun import checkpoint
-    from dlrun.train.run import build_trainer
+    from dlrun.train.assembly import build_trainer
 
     parts, state, path = rebuild(ckpt, overrides)
     trainer = build_trainer(parts, None)  # no TensorBoard, no checkpoints: the Trainer's evaluate only

@@ -144,7 +144,7 @@ def gradcheck(context: Context) -> list[Line]:
     import torch
 
     from dlrun.regularization import penalized_weights, penalty
-    from dlrun.train.run import build_parts
+    from dlrun.train.assembly import build_parts
 
     options = context.options
     parts = build_parts(context.config())

@@ -58,7 +58,7 @@ def regularisers(parts) -> list[str]:
     """The regularisers cfg turns on, by name."""
     from omegaconf import OmegaConf
 
-    from dlrun.train.run import loss_setting
+    from dlrun.train.assembly import loss_setting
 
     reg, cfg = parts.reg, parts.cfg
     named = {"l2": reg.l2, "l1": reg.l1, "weight_decay": reg.weight_decay, "maxnorm": reg.maxnorm,
@@ -71,7 +71,7 @@ def regularisers(parts) -> list[str]:
 def initial_loss(context: Context) -> list[Line]:
     import torch
 
-    from dlrun.train.run import build_parts, build_trainer
+    from dlrun.train.assembly import build_parts, build_trainer
 
     options = context.options
     tolerance = options["tolerance"]

@@ -142,7 +142,7 @@ def plot(path, grid: list[Line], range_points: list[tuple[float, float]], sugges
 def lr_search(context: Context) -> list[Line]:
     import torch
 
-    from dlrun.train.run import build_parts, build_trainer
+    from dlrun.train.assembly import build_parts, build_trainer
 
     options = context.options
     iterations, seed = options["iterations"], options["seed"]

@@ -45,7 +45,7 @@ def overfit(context: Context) -> list[Line]:
     import torch
 
     from dlrun.data import Split
-    from dlrun.train.run import build_parts, build_trainer
+    from dlrun.train.assembly import build_parts, build_trainer
 
     options = context.options
     parts = build_parts(with_constant_lr(without_regularization(context.config())))

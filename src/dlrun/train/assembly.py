@@ -1,0 +1,335 @@
+"""The assembly layer: a validated config into the parts a run trains with, once.
+
+`build_parts` checks the settings and builds the data, the loss, the regularizers and the model;
+`build_trainer` adds the optimizer, the schedule, the callbacks and the Trainer. `dlrun train`,
+`dlrun check`, `dlrun eval` and the scripts all assemble a run here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from dlrun.build import build, build_model
+from dlrun.config import number
+from dlrun.data import Data
+from dlrun.errors import UserError
+from dlrun.losses import Loss, build_loss, check_targets
+from dlrun.schema import validate
+from dlrun.strict_json import finite
+from dlrun.regularization import Regularization, parameter_groups, regularization
+from dlrun.monitor.tensorboard import RunWriter, flatten
+from dlrun.optim import (build_optimizer, build_scheduler, check_closure_optimizer, check_optimizer, check_schedule,
+                         uses_closure)
+from dlrun.train.distributed import World
+from dlrun.train.callbacks import build_callbacks
+from dlrun.train.loop import Trainer, piece_sizes, plan, resolve_monitor
+
+log = logging.getLogger("dlrun")
+
+GROUPS = ("data", "model", "init", "reg", "optim", "sched", "trainer", "logger")
+
+
+def resolve_device(name: str, world: World = World()) -> torch.device:
+    """trainer.device as a torch.device; under DDP each rank's own GPU, cuda:LOCAL_RANK."""
+    name = str(name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"trainer.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"trainer.device={name} but no CUDA device is visible; use trainer.device=cpu (or auto)")
+    if device.type == "cuda" and world.distributed:
+        if device.index is not None:
+            raise UserError(f"trainer.device={name}: under DDP each process trains on its own GPU, "
+                            "cuda:LOCAL_RANK; use trainer.device=cuda (or auto)")
+        if world.local_size > torch.cuda.device_count():
+            raise UserError(f"{world.local_size} processes on this machine but {torch.cuda.device_count()} CUDA "
+                            f"device(s) visible: start at most {torch.cuda.device_count()} (trainer.devices or "
+                            "torchrun --nproc_per_node)")
+        device = torch.device("cuda", world.local_rank)
+    return device
+
+
+def check_world(cfg: DictConfig, world: World) -> None:
+    """trainer.devices against the processes there are, and the global batch against the ranks."""
+    devices = number(cfg, "trainer.devices", int, 1) if OmegaConf.select(cfg, "trainer.devices") is not None else 1
+    if not world.distributed and devices > 1:
+        raise UserError(f"trainer.devices={devices} starts {devices} processes from the command line "
+                        f"(dlrun train trainer.devices={devices} ...), not inside a sweep or a Python call; "
+                        "here use trainer.devices=1")
+    if world.distributed and devices not in (1, world.size):
+        raise UserError(f"trainer.devices={devices} but torchrun started {world.size} processes; "
+                        "drop trainer.devices (torchrun's --nproc_per_node and --nnodes decide)")
+    batch = OmegaConf.select(cfg, "data.batch_size")
+    if world.distributed and isinstance(batch, int) and batch % world.size:
+        fits = max(world.size, batch // world.size * world.size)
+        raise UserError(f"data.batch_size={batch} is the global batch, split over {world.size} processes, and "
+                        f"{world.size} does not divide it; use a multiple of {world.size}, e.g. data.batch_size={fits}")
+    cpu = str(OmegaConf.select(cfg, "trainer.device")) == "cpu" or not torch.cuda.is_available()
+    if OmegaConf.select(cfg, "trainer.sync_bn") and world.distributed and cpu:
+        raise UserError("trainer.sync_bn=true needs GPUs (torch's SyncBatchNorm runs on CUDA devices only); "
+                        "on the CPU use trainer.sync_bn=false")
+
+
+def resolve_precision(precision: Any, device: torch.device) -> str:
+    """auto: on CUDA bf16 where the GPU has it (Ampere on), else fp16 with a GradScaler; on the CPU
+    fp32 (bf16 is ~3x slower on CPUs without bf16 instructions, fp16 slower still)."""
+    name = {"32": "32", "fp32": "32", "16": "fp16", "fp16": "fp16", "bf16": "bf16", "auto": "auto"}.get(str(precision))
+    if name is None:
+        raise UserError(f"trainer.precision={precision!r} is unknown; use auto, 32, bf16 or fp16")
+    if name == "auto":
+        if device.type != "cuda":
+            return "32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    return name
+
+
+def set_determinism(deterministic: bool, device: torch.device) -> None:
+    """trainer.deterministic: torch's deterministic algorithms (an op that has none warns), cuBLAS's
+    fixed workspace, cuDNN's deterministic kernels; off, cudnn.benchmark times the kernels for each
+    shape and keeps the fastest. TF32 matmuls stay on either way (they are deterministic)."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: set it first
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls
+
+
+def hyperparameters(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
+    """The run's key choices and values, flat, for HParams and summary.json."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    params: dict[str, Any] = dict(choices)
+    for group in ("model", "init", "reg", "loss", "optim", "sched", "augment"):
+        params.update(flatten(tree.get(group) or {}, f"{group}."))
+    for key in ("data.batch_size", "data.preprocess", "trainer.epochs", "trainer.max_steps", "trainer.seed",
+                "trainer.precision", "trainer.channels_last", "trainer.compile", "trainer.micro_batch_size"):
+        group, name = key.split(".")
+        value = tree[group].get(name)
+        params[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return params
+
+
+def loss_setting(cfg: DictConfig, key: str, default: float) -> float:
+    """loss.KEY, else reg.KEY (reg=label_smoothing sets reg.label_smoothing), else the default."""
+    for where in (f"loss.{key}", f"reg.{key}"):
+        if OmegaConf.select(cfg, where):  # unset, null and 0 fall through
+            return number(cfg, where, float)
+    return default
+
+
+def write_json(obj: dict[str, Any], path: Path) -> None:
+    """Strict JSON: a metric that is nan or inf is written null, and "non_finite" lists where."""
+    obj, bad = finite(obj)
+    if bad:
+        obj["non_finite"] = bad
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+@dataclass
+class Parts:
+    """What a run trains, built from the composed config: shared by `dlrun train` and `dlrun check`."""
+
+    cfg: DictConfig
+    device: torch.device
+    precision: str
+    data: Any
+    loss: Loss
+    reg: Regularization
+    model: nn.Module
+    settings: dict[str, Any]  # the Trainer's other keyword arguments, as cfg sets them
+    world: World = World()    # this process among torchrun's ranks (alone: rank 0 of 1)
+
+
+def build_parts(cfg: DictConfig, world: World = World()) -> Parts:
+    """Check the run's settings, seed, and build the data (on the device), the loss and the model;
+    `world`: this process among DDP's ranks (`dlrun train` under torchrun; everything else runs alone).
+
+    Every bad value fails here with one line, before any data is read where that can be checked.
+    """
+    validate(cfg)  # types, ranges, unknown keys and paths, against the groups' schemas
+    t = cfg.trainer
+    settings = trainer_settings(cfg)
+    check_optimizer(cfg.optim)  # bad optim= and sched= values, too, before any data is read
+    check_schedule(cfg.sched)
+    seed, grad_clip = settings["seed"], settings["grad_clip"]
+    device = resolve_device(t.device, world)
+    precision = resolve_precision(t.precision, device)
+    if uses_closure(cfg.optim):  # L-BFGS
+        if str(t.precision) == "auto":  # its line search compares losses that bf16 rounds to 3 digits
+            precision = "32"
+        check_closure_optimizer(precision, grad_clip, settings["micro_batch_size"])
+    set_determinism(bool(OmegaConf.select(cfg, "trainer.deterministic", default=False)), device)
+    if precision == "fp16" and device.type == "cpu":
+        log.warning("trainer.precision=fp16 on the CPU runs, through CPU autocast and a GradScaler, but several "
+                    "times slower than 32 (LeNet: 0.2x in scripts/bench_gpu.py); fp16 is for GPUs")
+    if t.threads:
+        torch.set_num_threads(int(t.threads))
+    elif world.distributed and device.type == "cpu":  # the ranks on a machine share its cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
+    torch.manual_seed(seed)
+
+    data = build(cfg.data).to(device)
+    log.info(f"data {data.describe()}")  # before the model: model.weights and model.freeze log their own lines
+    loss = build_loss(str(cfg.loss.name), data.task, label_smoothing=loss_setting(cfg, "label_smoothing", 0.0),
+                      huber_delta=loss_setting(cfg, "huber_delta", 1.0))
+    for split in ("train", "val", "test"):
+        check_targets(loss, data.splits[split].y, split)
+    model = build_model(cfg, data)
+    if world.distributed and OmegaConf.select(cfg, "trainer.sync_bn"):  # statistics over the global batch
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if settings["channels_last"]:
+        if data.layout != "image":
+            raise UserError(f"trainer.channels_last=true lays out images (4-D batches) as NHWC; this run's data "
+                            f"are {data.layout}: use trainer.channels_last=false")
+        model.to(memory_format=torch.channels_last)
+    if world.distributed:  # the same init on every rank (DDP broadcasts rank 0's anyway); then each
+        torch.manual_seed(seed + world.rank)  # rank draws its own dropout masks
+    return Parts(cfg, device, precision, data, loss, settings.pop("reg"), model, settings, world)
+
+
+def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The Trainer's keyword arguments that cfg sets, each checked (one line per bad value)."""
+    t = cfg.trainer
+    grad_clip_mode = str(OmegaConf.select(cfg, "trainer.grad_clip_mode", default="norm"))
+    if grad_clip_mode not in ("norm", "value"):
+        raise UserError(f"trainer.grad_clip_mode={grad_clip_mode!r} must be norm or value")
+    ema_decay = number(cfg, "trainer.ema_decay", float, 0, above=True, optional=True)
+    if ema_decay is not None and ema_decay >= 1:
+        raise UserError(f"trainer.ema_decay={ema_decay} must be in (0, 1), e.g. 0.999")
+    diagnostics = None  # logger.diagnostics (none in the config: no diagnostics)
+    if OmegaConf.select(cfg, "logger.diagnostics") is not None:
+        from dlrun.monitor.diagnostics import DiagnosticsSettings
+
+        flags = {}
+        for key in ("histograms", "filters"):
+            flags[key] = OmegaConf.select(cfg, f"logger.diagnostics.{key}", default=True)
+            if not isinstance(flags[key], bool):
+                raise UserError(f"logger.diagnostics.{key}={flags[key]!r} must be true or false")
+        diagnostics = DiagnosticsSettings(every=number(cfg, "logger.diagnostics.every", int, 0), **flags)
+    return dict(
+        epochs=number(cfg, "trainer.epochs", int, 1), max_steps=number(cfg, "trainer.max_steps", int, 1, optional=True),
+        reg=regularization(cfg), grad_clip=number(cfg, "trainer.grad_clip", float, 0, above=True, optional=True),
+        monitor=str(t.monitor), seed=number(cfg, "trainer.seed", int),
+        log_every=number(cfg, "logger.every", int, 1), ratio_every=number(cfg, "logger.ratio_every", int, 0),
+        stop_at_epoch=number(cfg, "trainer.stop_at_epoch", int, 1, optional=True),
+        config=OmegaConf.to_container(cfg, resolve=True), ema_decay=ema_decay, grad_clip_mode=grad_clip_mode,
+        diagnostics=diagnostics,
+        checkpoint_every_steps=number(cfg, "trainer.checkpoint_every_steps", int, 1, optional=True),
+        # A checkpoint's config from before augment= and eval= existed has neither: both off.
+        augment=OmegaConf.to_container(cfg.augment, resolve=True) if OmegaConf.select(cfg, "augment") else None,
+        tta=str(OmegaConf.select(cfg, "eval.tta", default="none")),
+        channels_last=bool(OmegaConf.select(cfg, "trainer.channels_last", default=False)),
+        compile=bool(OmegaConf.select(cfg, "trainer.compile", default=False)),
+        compile_mode=str(OmegaConf.select(cfg, "trainer.compile_mode", default="default")),
+        micro_batch_size=number(cfg, "trainer.micro_batch_size", int, 1, optional=True),
+    )
+
+
+def build_augment(settings: dict[str, Any] | None, data: Any, device: torch.device, seed: int) -> Any:
+    """augment=...: the Augment for the training batches, checked against the data (None when all off)."""
+    if not settings:
+        return None
+    from dlrun.data.augment import Augment
+
+    augment = Augment(**settings, seed=seed, device=device)
+    if not augment.enabled:
+        return None
+    channels = data.input_shape[0] if data.layout == "image" else 0
+    augment.check(data.layout, channels, data.task == "classification")
+    return augment
+
+
+def build_trainer(parts: Parts, log_dir: Path | None, checkpoint_dir: Path | None = None, **changes: Any) -> Trainer:
+    """The Trainer for `parts` with the optimizer and schedule cfg composes, writing TensorBoard
+    events to log_dir (None: nowhere). `changes` replace the Trainer's keyword arguments read from
+    cfg (the checks turn logging and regularisation off). The caller closes trainer.writer."""
+    cfg, data, model = parts.cfg, parts.data, parts.model
+    options = dict(parts.settings, reg=parts.reg, loss=parts.loss, checkpoint_dir=checkpoint_dir)
+    options.update(changes)
+    if isinstance(options.get("augment"), dict):  # cfg's settings -> the Augment (None when all off)
+        # each rank its own draws (its own crops and flips of its own shard)
+        options["augment"] = build_augment(options["augment"], data, parts.device, options["seed"] + parts.world.rank)
+    optimizer = build_optimizer(cfg.optim, parameter_groups(model, options["reg"], str(cfg.optim._target_)))
+    if isinstance(optimizer, torch.optim.LBFGS) and data.batch_size < len(data.train):
+        log.warning(f"optim=lbfgs on minibatches ({data.batch_size} of {len(data.train)} samples): L-BFGS "
+                    f"assumes one fixed objective; for full-batch L-BFGS pass data.batch_size={len(data.train)}")
+    options["drop_last"] = last_batch_breaks_batchnorm(model, data, parts.world, options["micro_batch_size"])
+    _, epochs, total_steps = plan(len(data.train), data.batch_size, options["epochs"], options["max_steps"],
+                                  options["drop_last"])
+    _, maximize = resolve_monitor(options["monitor"], data.task == "classification")  # plateau's mode
+    scheduler, interval = build_scheduler(cfg.sched, optimizer, epochs, total_steps, maximize=maximize)
+    # Last: a setting the optimizer or schedule refuses leaves no tb/ folder behind.
+    # Under DDP rank 0 alone writes TensorBoard events (and so computes the diagnostics).
+    writer = RunWriter(log_dir or Path("."), enabled=log_dir is not None and parts.world.main)
+    if not parts.world.main:
+        options["ratio_every"] = 0  # rank 0 measures the update ratios: the weights are the same on every rank
+    options.setdefault("callbacks", build_callbacks(cfg.get("callbacks")))
+    return Trainer(model, data, optimizer, scheduler, interval, device=parts.device, precision=parts.precision,
+                   writer=writer, world=parts.world, **options)
+
+
+def last_batch_breaks_batchnorm(model: torch.nn.Module, data: Data, world: World,
+                                micro_batch_size: int | None = None) -> bool:
+    """Whether each epoch must leave out its last, partial batch: when it gives a process (or a
+    micro-batch) one sample and a BatchNorm layer in training mode would then see one value per
+    channel, which torch refuses mid-run ("Expected more than 1 value per channel when training").
+    Full batches cut that small cannot be left out: that is one line and exit 2."""
+    n, size = len(data.train), data.batch_size
+    full = piece_sizes(size, world.size, micro_batch_size) if n >= size else []
+    last = piece_sizes(n % size, world.size, micro_batch_size)
+    if 1 not in full + last:
+        return False
+    layer = batchnorm_on_one_sample(model, data)
+    if layer is None:
+        return False
+    if 1 in full:
+        what, fix = ((f"trainer.micro_batch_size={micro_batch_size}", "a larger trainer.micro_batch_size")
+                     if micro_batch_size else (f"data.batch_size={size} over {world.size} processes",
+                                               "a larger data.batch_size"))
+        raise UserError(f"{what} leaves pieces of 1 sample, on which BatchNorm layer {layer!r} would see one value "
+                        f"per channel, which torch cannot train on; use {fix} (2 or more samples in every piece)")
+    who = "a micro-batch of" if micro_batch_size else "a process" if world.distributed else "the model"
+    log.warning(f"each epoch's last batch holds {n % size} of the {n} training samples ({n // size} x {size} + "
+                f"{n % size}) and gives {who} 1 sample, on which BatchNorm layer {layer!r} would see one value per "
+                f"channel, which torch cannot train on: every epoch leaves that batch out (a data.batch_size that "
+                f"divides {n}, or leaves a larger last batch, keeps it)")
+    return True
+
+
+def batchnorm_on_one_sample(model: torch.nn.Module, data: Data) -> str | None:
+    """The first BatchNorm layer that, in training, would see one value per channel in a batch of
+    one sample; None if none would. A forward of one training sample in eval mode finds it (no
+    statistics change, no random numbers are drawn), the modules' modes restored after it."""
+    modes = {module: module.training for module in model.modules()}
+    model.train()  # the modes training runs in (model.freeze pins frozen norm layers to eval)
+    norms = {m: name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training}
+    found: list[str] = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: found.append(norms[m]) if args[0].numel() == args[0].shape[1]
+                                         else None) for m in norms]
+    try:
+        if norms:
+            model.eval()
+            with torch.no_grad():
+                model(data.prepare(data.train.take(torch.arange(1))[0]))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, training in modes.items():
+            module.training = training
+    return found[0] if found else None
