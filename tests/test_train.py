@@ -29,7 +29,8 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
     assert numbers(a)["test"] != numbers(c)["test"]
     assert a["status"] == "finished" and a["epochs"] == 3 and a["steps"] == 3 * math.ceil(1294 / 64)
     assert a["choices"] == {"data": "digits", "model": "mlp", "init": "default", "reg": "none", "loss": "auto", "optim": "adam",
-                            "sched": "cosine", "trainer": "default", "logger": "tensorboard", "augment": "none"}
+                            "sched": "cosine", "trainer": "default", "logger": "tensorboard", "augment": "none",
+                            "callbacks": "none"}
 
 
 @pytest.mark.parametrize("recipe", [

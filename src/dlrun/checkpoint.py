@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dlrun.errors import UserError
+from dlrun.paths import BEST, CHECKPOINTS, LAST, PREVIOUS
 
 
 def save_atomic(obj: dict[str, Any], path: Path, previous: Path | None = None) -> None:
@@ -108,19 +109,59 @@ class BackgroundWriter:
             self.pool.shutdown()
 
 
+FOLDER = CHECKPOINTS
+
+
+def folder(run_dir: Path) -> Path:
+    return Path(run_dir) / FOLDER
+
+
+class CheckpointSaver:
+    """A run's checkpoint policy, in one place: where (RUN/checkpoints), the names, the order
+    (best.pt before last.pt: a run killed between the two resumes from the older last.pt, redoes
+    the epoch, improves again and rewrites the same best.pt), the rotation of last.pt into
+    previous.pt (what trainer.resume=auto falls back to), and at most one round of writes in
+    flight (training waits for a tensor copy, not for the disk). `folder` None: no checkpoints."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+        self.writer = BackgroundWriter()
+
+    @property
+    def last(self) -> Path | None:
+        return self.folder / LAST if self.folder is not None else None
+
+    def save(self, state: dict[str, Any], best: dict[str, Any] | None = None) -> Path:
+        """Queue last.pt (and best.pt first, when given: a payload nothing changes in place)."""
+        assert self.folder is not None
+        self.writer.wait()  # the writes before: at most one round in flight
+        if best is not None:
+            self.writer.save(best, self.folder / BEST, copy=False)
+        self.writer.save(state, self.folder / LAST, previous=self.folder / PREVIOUS)
+        return self.folder / LAST
+
+    def save_best_now(self, best: dict[str, Any]) -> None:
+        """best.pt written at once (a resumed run's copy of the best weights it continues from)."""
+        if self.folder is not None:
+            save_atomic(best, self.folder / BEST)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 # What to do about a bad checkpoint, by the option that named it.
 RESUME_FIX = "use another checkpoint, e.g. best.pt or an earlier run"
 # torch.save's legacy (pre-1.6, non-zip) format starts with this pickle; old torchvision .pth files use it.
 LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)
 
 
-def resolve(path: str | os.PathLike, option: str = "trainer.resume", names: tuple[str, ...] = ("last.pt",),
+def resolve(path: str | os.PathLike, option: str = "trainer.resume", names: tuple[str, ...] = (LAST,),
             accepts: str = "a run directory or a .pt file") -> Path:
     """A checkpoint file, or a run directory (meaning the first of `names` in its checkpoints/ folder)."""
     path = Path(path).expanduser()
     # os.path's tests, not Path's: they answer False for a name too long for the file system (an OSError in Path's)
     if os.path.isdir(path):
-        folder = path / "checkpoints"
+        folder = path / FOLDER
         path = next((folder / name for name in names if os.path.isfile(folder / name)), folder / names[0])
         if not os.path.isfile(path):
             where = " or ".join(f"'{folder / name}'" for name in names)
@@ -132,12 +173,12 @@ def resolve(path: str | os.PathLike, option: str = "trainer.resume", names: tupl
 
 # What trainer.resume=auto looks for in the run's checkpoints/ folder, newest first: last.pt, and
 # the last.pt before it (kept as previous.pt) in case the newest cannot be read.
-RESUMABLE = ("last.pt", "previous.pt")
+RESUMABLE = (LAST, PREVIOUS)
 
 
 def resume_candidates(run_dir: Path) -> list[Path]:
     """The resumable checkpoints in run_dir/checkpoints, newest first."""
-    return [p for p in (Path(run_dir) / "checkpoints" / name for name in RESUMABLE) if p.is_file()]
+    return [p for p in (Path(run_dir) / FOLDER / name for name in RESUMABLE) if p.is_file()]
 
 
 def _legacy_header_complete(path: Path) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dlrun.errors import UserError
+from dlrun.paths import BEST, LAST
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 SPLITS = ("test", "val")
 # A run directory means its best.pt (the weights train's test metrics come from), else last.pt.
-NAMES = ("best.pt", "last.pt")
+NAMES = (BEST, LAST)
 ACCEPTS = "a run directory, or a .pt file: its checkpoints/best.pt or last.pt"
 FIX = "pass ckpt= another checkpoint, e.g. the run's checkpoints/last.pt"
 

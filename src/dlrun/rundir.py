@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from dlrun import runlock
+from dlrun.paths import CHECKPOINTS
 from dlrun.errors import UserError
 
 log = logging.getLogger("dlrun")
@@ -42,7 +43,7 @@ def held_run(run_dir: Path) -> str | None:
             return str(json.loads(summary.read_text()).get("status", "unknown status"))
         except (OSError, ValueError):
             return "unreadable summary.json"
-    if any((run_dir / "checkpoints").glob("*.pt")) or any((run_dir / "tb").glob("events.*")):
+    if any((run_dir / CHECKPOINTS).glob("*.pt")) or any((run_dir / "tb").glob("events.*")):
         return "checkpoints and event files"
     return None
 

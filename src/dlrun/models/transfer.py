@@ -67,7 +67,7 @@ def load_weights(model: nn.Module, weights: str, node: Any = None) -> None:
     if weights.lower() == IMAGENET:
         state, source = imagenet_state_dict(model)
     else:
-        path = checkpoint.resolve(weights, option="model.weights", names=("best.pt", "last.pt"), accepts=ACCEPTS)
+        path = checkpoint.resolve(weights, option="model.weights", names=(checkpoint.BEST, checkpoint.LAST), accepts=ACCEPTS)
         loaded = checkpoint.load(path, state_dict_ok=True, fix=FIX)
         state, source = loaded["model"], str(path)
         config = loaded.get("config")

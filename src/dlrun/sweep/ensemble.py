@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from dlrun import strict_json
+from dlrun import checkpoint, strict_json
 from dlrun.errors import UserError
 
 USAGE = """usage: dlrun ensemble DIR [DIR ...] [--top K] [--json]
@@ -37,12 +37,12 @@ def parse_args(args: list[str]) -> tuple[list[Path], int, bool]:
 
 def members(folders: list[Path], top: int) -> list[Path]:
     """The run directories to ensemble: a sweep's best `top` trials that have a best.pt, or the folders."""
-    if len(folders) > 1 or (folders[0] / "checkpoints").is_dir():
+    if len(folders) > 1 or (checkpoint.folder(folders[0])).is_dir():
         return folders
     from dlrun.sweep.report import ranked, read_trials
 
     scored = [Path(t["dir"]) for t in ranked(read_trials(folders[0])) if t["value"] is not None]
-    chosen = [d for d in scored if (d / "checkpoints" / "best.pt").is_file()][:top]
+    chosen = [d for d in scored if (checkpoint.folder(d) / checkpoint.BEST).is_file()][:top]
     if len(chosen) < 2:
         raise UserError(f"{folders[0]}: {len(chosen)} trial(s) with a best.pt; an ensemble needs 2 or more")
     return chosen

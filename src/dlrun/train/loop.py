@@ -156,7 +156,7 @@ class Trainer:
         self.tta = check_tta(tta, data, self.loss_fn)  # eval.tta: the test evaluations' test-time augmentation
         self.monitor, self.maximize = resolve_monitor(monitor, self.classification)
         self.writer, self.checkpoint_dir, self.config = writer, checkpoint_dir, config or {}
-        self.checkpoints = checkpoint.BackgroundWriter()
+        self.checkpoints = checkpoint.CheckpointSaver(checkpoint_dir if self.world.main else None)
         self.log_every, self.ratio_every = max(1, int(log_every)), int(ratio_every or 0)
 
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -611,7 +611,7 @@ class Trainer:
         elif self.checkpoint_written is None:
             where = "no checkpoint was written by this run"
         else:
-            where = f"the last good checkpoint is {self.checkpoint_dir / 'last.pt'} ({self.checkpoint_written})"
+            where = f"the last good checkpoint is {self.checkpoint_dir / checkpoint.LAST} ({self.checkpoint_written})"
         return (f"training diverged: {what}; the learning rate is likely too high or the init too large: "
                 f"lower optim.lr ({lr_text}), set trainer.grad_clip, or choose a smaller init=; {where}")
 
@@ -682,16 +682,12 @@ class Trainer:
                  + ("  *" if improved else ""))
         if self.checkpoint_dir is not None:
             state = self.state_dict()  # on every rank: it gathers the ranks' random states
-            if self.world.main:
-                self.checkpoints.wait()  # last epoch's writes: at most one epoch of checkpoints in flight
-                # best.pt before last.pt: a run killed between the two resumes from the older last.pt
-                # and redoes this epoch, which improves again and rewrites the same best.pt.
-                if improved:  # best.state is already a private CPU copy: no second snapshot
-                    self.checkpoints.save(self._best_payload(), self.checkpoint_dir / "best.pt", copy=False)
-                self.checkpoints.save(state, self.checkpoint_dir / "last.pt", previous=self.checkpoint_dir / "previous.pt")
+            if self.world.main:  # best.state is already a private CPU copy: best.pt needs no second snapshot
+                self.checkpoints.save(state, best=self._best_payload() if improved else None)
                 self.writer.flush()
             self.checkpoint_written = f"epoch {self.epoch}"
-            self.callbacks.call(self.callbacks.on_checkpoint, self, self.checkpoint_dir / "last.pt", self.epoch, self.step)
+            self.callbacks.call(self.callbacks.on_checkpoint, self, self.checkpoint_dir / checkpoint.LAST, self.epoch,
+                                self.step)
 
     # ------------------------------------------------------------------------- checkpoints
     def _save_mid_epoch(self) -> None:
@@ -709,11 +705,11 @@ class Trainer:
             return  # the next step's loss is not finite: the NaN guard stops the run there
         state = self.state_dict()  # on every rank: it gathers the ranks' random states
         if self.world.main:
-            self.checkpoints.wait()  # at most one last.pt in flight
-            self.checkpoints.save(state, self.checkpoint_dir / "last.pt", previous=self.checkpoint_dir / "previous.pt")
+            self.checkpoints.save(state)
             self.writer.flush()
         self.checkpoint_written = f"epoch {self.epoch}, step {self.step}"
-        self.callbacks.call(self.callbacks.on_checkpoint, self, self.checkpoint_dir / "last.pt", self.epoch, self.step)
+        self.callbacks.call(self.callbacks.on_checkpoint, self, self.checkpoint_dir / checkpoint.LAST, self.epoch,
+                            self.step)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly where this one is.
@@ -774,11 +770,10 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         early = state.get("early_stopping") or {}
         self.early_best, self.early_waited = early.get("best"), int(early.get("waited", 0))
-        best_file = path.parent / "best.pt"
+        best_file = path.parent / checkpoint.BEST
         if best["value"] is not None and best_file.is_file():
             self.best.state = checkpoint.load(best_file)["model"]
-            if self.checkpoint_dir is not None and self.world.main:  # the new run directory gets its own copy
-                checkpoint.save_atomic(self._best_payload(), self.checkpoint_dir / "best.pt")
+            self.checkpoints.save_best_now(self._best_payload())  # the new run directory gets its own copy
         rng = state["rng"]
         ranks = rng.get("ranks") or [rng]
         if len(ranks) != self.world.size and self.world.distributed:

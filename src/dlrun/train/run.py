@@ -71,7 +71,7 @@ def _train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None
         # Before any work: the checkpoint must read and fit this run's recipe.
         resumed = resume.pick(cfg, run_dir, t.resume)
         parts = build_parts(cfg, world)
-        trainer = build_trainer(parts, run_dir / "tb", run_dir / "checkpoints" if t.checkpoint else None)
+        trainer = build_trainer(parts, run_dir / "tb", checkpoint.folder(run_dir) if t.checkpoint else None)
     except UserError as exc:  # a setting refused: the run directory says so too, for a sweep's report
         if not (run_dir / "summary.json").exists():
             write({"status": "failed", "error": error_line(exc), "choices": choices}, run_dir / "summary.json")
@@ -79,7 +79,7 @@ def _train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None
     data, model, device, precision = parts.data, parts.model, parts.device, parts.precision
     # A .NAME.PID.tmp is a killed process's unfinished write only while no process holds the lock:
     # this one does (train), so no other is writing there.
-    for stale in checkpoint.remove_partial_writes(run_dir / "checkpoints") if main and runlock.holds(run_dir) else ():
+    for stale in checkpoint.remove_partial_writes(checkpoint.folder(run_dir)) if main and runlock.holds(run_dir) else ():
         log.info(f"removed {stale}, a checkpoint write a killed process left unfinished")
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # model.freeze leaves the rest out
@@ -175,7 +175,7 @@ def submitit_requeues(signal_name: str | None) -> bool:
 
 def log_interrupted(trainer: Trainer, run_dir: Path) -> None:
     """The one line a signal gets: what happened, what was saved, how to go on."""
-    last = run_dir / "checkpoints" / "last.pt"
+    last = checkpoint.folder(run_dir) / checkpoint.LAST
     what = f"{trainer.stop_request.signal}: stopped after step {trainer.step} ({trainer.epoch} epochs done)"
     if trainer.checkpoint_dir is None:
         log.warning(f"{what}; no checkpoint written (trainer.checkpoint=false), nothing to continue from")
