@@ -43,7 +43,8 @@ def test_train_is_a_hydra_app_cfg_job_overrides_and_additions(tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("optim.nonexistent=1", "Could not override 'optim.nonexistent'; To append to your config use +optim.nonexistent=1"),
+    ("optim.nonexistent=1", "optim.nonexistent: unknown key for torch.optim.Adam; its keys: lr, betas, eps, weight_decay, foreach"),
+    ("nogroup.key=1", "Could not override 'nogroup.key'; To append to your config use +nogroup.key=1"),
     ("model=resnet50", "Could not find 'model/resnet50'; Available options in 'model': alexnet, cnn, googlenet, gru, lenet, lstm, mlp, resnet, resnet9, rnn, vgg"),
     ("optim.lr=abc", "optim.lr='abc' must be a number > 0"),
 ])
