@@ -276,3 +276,19 @@ def test_a_signal_during_the_final_test_evaluation_lets_it_finish(tmp_path, monk
     assert summary["status"] == "finished" and "acc" in summary["test"]
     assert f"{sig.name} arrived during the final test evaluation" in caplog.text
     assert signal.getsignal(sig) == before  # handlers given back
+
+
+def test_a_resumed_writers_event_file_sorts_after_the_killed_runs_made_in_the_same_second(tmp_path):
+    """TensorBoard reads event files in name order (second, host, PID): a run resumed within the
+    second the killed run's file was made in (an in-process resume is that fast) wrote a file that
+    sorted first by PID, and TensorBoard then hid the killed run's steps instead of its later ones."""
+    import time
+
+    from dlrun.monitor.tensorboard import RunWriter
+
+    killed = tmp_path / f"events.out.tfevents.{int(time.time())}.zzzz.99999999.0"  # sorts after this host's name
+    killed.write_bytes(b"")
+    writer = RunWriter(tmp_path)
+    writer.close()
+    names = sorted(p.name for p in tmp_path.glob("events.out.tfevents.*"))
+    assert len(names) == 2 and names[0] == killed.name

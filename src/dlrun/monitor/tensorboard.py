@@ -12,6 +12,7 @@ room, and compute the same masked CRC32C with google-crc32c's C code.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,24 @@ def use_fast_crc() -> bool:
     return True
 
 
+def after_the_files_there(log_dir: Path) -> None:
+    """Wait until the clock is past the second of the newest event file in log_dir (at most a second).
+
+    TensorBoard reads a folder's event files in name order, and a name starts with the second it
+    was made in, then the host and the PID: a resumed run's file made in the same second as the
+    killed run's could sort before it, and TensorBoard would then drop the killed run's steps
+    instead of the ones past the checkpoint (resumed_at)."""
+    stamps = [int(p.name.split(".")[3]) for p in Path(log_dir).glob("events.out.tfevents.*")
+              if len(p.name.split(".")) > 3 and p.name.split(".")[3].isdigit()]
+    while stamps and int(time.time()) <= max(stamps):
+        time.sleep(0.01)
+
+
 class RunWriter:
     def __init__(self, log_dir: Path, enabled: bool = True):
         use_fast_crc()
+        if enabled:
+            after_the_files_there(log_dir)
         # A deep queue: the training thread hands events over and never waits for the disk.
         self.writer = SummaryWriter(log_dir=str(log_dir), max_queue=1000) if enabled else None
 
