@@ -109,11 +109,9 @@ class BackgroundWriter:
             self.pool.shutdown()
 
 
-FOLDER = CHECKPOINTS
-
-
 def folder(run_dir: Path) -> Path:
-    return Path(run_dir) / FOLDER
+    """A run directory's checkpoint folder."""
+    return Path(run_dir) / CHECKPOINTS
 
 
 class CheckpointSaver:
@@ -127,18 +125,13 @@ class CheckpointSaver:
         self.folder = folder
         self.writer = BackgroundWriter()
 
-    @property
-    def last(self) -> Path | None:
-        return self.folder / LAST if self.folder is not None else None
-
-    def save(self, state: dict[str, Any], best: dict[str, Any] | None = None) -> Path:
+    def save(self, state: dict[str, Any], best: dict[str, Any] | None = None) -> None:
         """Queue last.pt (and best.pt first, when given: a payload nothing changes in place)."""
         assert self.folder is not None
         self.writer.wait()  # the writes before: at most one round in flight
         if best is not None:
             self.writer.save(best, self.folder / BEST, copy=False)
         self.writer.save(state, self.folder / LAST, previous=self.folder / PREVIOUS)
-        return self.folder / LAST
 
     def save_best_now(self, best: dict[str, Any]) -> None:
         """best.pt written at once (a resumed run's copy of the best weights it continues from)."""
@@ -161,10 +154,10 @@ def resolve(path: str | os.PathLike, option: str = "trainer.resume", names: tupl
     path = Path(path).expanduser()
     # os.path's tests, not Path's: they answer False for a name too long for the file system (an OSError in Path's)
     if os.path.isdir(path):
-        folder = path / FOLDER
-        path = next((folder / name for name in names if os.path.isfile(folder / name)), folder / names[0])
+        saved = folder(path)
+        path = next((saved / name for name in names if os.path.isfile(saved / name)), saved / names[0])
         if not os.path.isfile(path):
-            where = " or ".join(f"'{folder / name}'" for name in names)
+            where = " or ".join(f"'{saved / name}'" for name in names)
             raise UserError(f"{option}: no checkpoint at {where}; pass {accepts}")
     if not os.path.isfile(path):
         raise UserError(f"{option}: no checkpoint at '{path}'; pass {accepts}")
@@ -178,7 +171,7 @@ RESUMABLE = (LAST, PREVIOUS)
 
 def resume_candidates(run_dir: Path) -> list[Path]:
     """The resumable checkpoints in run_dir/checkpoints, newest first."""
-    return [p for p in (Path(run_dir) / FOLDER / name for name in RESUMABLE) if p.is_file()]
+    return [p for p in (folder(run_dir) / name for name in RESUMABLE) if p.is_file()]
 
 
 def _legacy_header_complete(path: Path) -> bool:

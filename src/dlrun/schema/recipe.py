@@ -56,7 +56,8 @@ def signature_schema(cls: type, rules: dict[str, dict[str, Any]], skip: tuple[st
     import inspect
 
     hints = typing.get_type_hints(cls.__init__)
-    fields: list[tuple[str, Any, Any]] = [("_target_", str, field(default=MISSING)), ("_partial_", bool, field(default=True))]
+    fields: list[tuple[str, Any, Any]] = [("_target_", str, field(default=MISSING)),
+                                          ("_partial_", bool, field(default=True))]
     for name, parameter in inspect.signature(cls).parameters.items():
         if name in skip or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             continue
@@ -65,7 +66,8 @@ def signature_schema(cls: type, rules: dict[str, dict[str, Any]], skip: tuple[st
         default = list(default) if isinstance(default, tuple) else default
         if kind is float and isinstance(default, int) and not isinstance(default, bool):
             default = float(default)
-        fields.append((name, Optional[kind] if optional or default is None else kind, setting(default, **rules.get(name, {}))))
+        kind = Optional[kind] if optional or default is None else kind
+        fields.append((name, kind, setting(default, **rules.get(name, {}))))
     return dataclasses.make_dataclass(cls.__name__, fields)
 
 

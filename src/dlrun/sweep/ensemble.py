@@ -37,7 +37,7 @@ def parse_args(args: list[str]) -> tuple[list[Path], int, bool]:
 
 def members(folders: list[Path], top: int) -> list[Path]:
     """The run directories to ensemble: a sweep's best `top` trials that have a best.pt, or the folders."""
-    if len(folders) > 1 or (checkpoint.folder(folders[0])).is_dir():
+    if len(folders) > 1 or checkpoint.folder(folders[0]).is_dir():
         return folders
     from dlrun.sweep.report import ranked, read_trials
 
