@@ -237,7 +237,7 @@ def host_syncs(cfg) -> dict:
     messages = sorted({str(w.message).splitlines()[0][:120] for w in caught})
     return {"steps": trainer.step - first, "syncs": len(caught), "syncs_in_steps": sum(by_step.values()),
             "steps_with_syncs": sorted(by_step), "logger_every": trainer.log_every,
-            "ratio_every": trainer.ratio_every, "messages": messages}
+            "ratio_every": trainer.settings.ratio_every, "messages": messages}
 
 
 def main() -> None:

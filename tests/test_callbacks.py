@@ -77,7 +77,7 @@ def test_a_config_group_callback_sees_every_event_in_order_across_a_resume(user)
 
     def epoch(n):
         return ([["step", s] for s in range((n - 1) * steps + 1, n * steps + 1)]
-                + [["checkpoint", "last.pt", n, n * steps], ["epoch", n, n * steps, metrics]])
+                + [["epoch", n, n * steps, metrics], ["checkpoint", "last.pt", n, n * steps]])
 
     expected = ([["fit_start", 0, 0], *epoch(1), ["fit_end", "stopped", steps, steps],
                  ["fit_start", steps, steps], *epoch(2), *epoch(3), ["fit_end", "finished", 3 * steps, 3 * steps]])

@@ -98,7 +98,7 @@ def test_a_disabled_writer_computes_nothing(tmp_path):
 
     cfg, _ = make_config("trainer.max_steps=2", "trainer.device=cpu")
     trainer = build_trainer(build_parts(cfg), None)
-    assert trainer.diagnostics is None and trainer.diagnostics_every == 0
+    assert cfg.logger.diagnostics.every > 0 and "dlrun.diagnostics" not in trainer.callbacks.named
 
 
 # --------------------------------------------------------------------------- the numbers themselves

@@ -114,6 +114,29 @@ def test_weight_decay_with_sgd_equals_l2_and_is_decoupled_for_adam(tmp_path):
     assert adam[0]["decoupled_weight_decay"] is True and adam[0]["weight_decay"] == 5e-4
 
 
+def test_a_run_resumed_mid_patience_stops_early_at_the_epoch_the_unbroken_run_does(tmp_path, monkeypatch):
+    """Early stopping's count is in each epoch's checkpoint: stopped after epoch 3 (two validations
+    without gain so far), the resumed run stops after epoch 4, as the unbroken one. (Its count was
+    saved before the epoch's validation was counted: the resumed run went on to epoch 5.)"""
+    values = {}
+    real_evaluate = Trainer.evaluate
+
+    def evaluate(self, split, model=None, tta="none"):
+        if split is self.data.val:  # by epoch: improves at 1, then never
+            return {"loss": 1.0, "acc": [0.5, 0.6, 0.6, 0.6, 0.6, 0.6][self.epoch - 1]}
+        return real_evaluate(self, split, model, tta)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    common = ("reg=early_stopping", "reg.early_stopping.patience=2", "trainer.epochs=6", "model.hidden=[16]",
+              "logger.hparams=false")
+    values["whole"] = train(tmp_path / "whole", *common)
+    train(tmp_path / "first", *common, "trainer.stop_at_epoch=3")
+    values["resumed"] = train(tmp_path / "resumed", *common, f"trainer.resume={tmp_path / 'first'}")
+    for run in values.values():
+        assert run["status"] == "early_stopped" and run["epochs"] == 4 and run["best"]["epoch"] == 2
+    assert values["resumed"]["test"] == values["whole"]["test"]
+
+
 @pytest.mark.parametrize("override,message", [
     ("reg.maxnorm=0", r"reg.maxnorm=0 must be a number > 0"),
     ("reg.l1=-1", r"reg.l1=-1 must be a number >= 0"),

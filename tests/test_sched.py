@@ -122,7 +122,7 @@ def test_plateau_halves_after_patience_epochs_without_improvement():
 ])
 def test_trainer_steps_plateau_with_the_monitored_validation_metric(tmp_path, monkeypatch, monitor, values, expected):
     scripted = iter(values)
-    real_evaluate, real_end_epoch = Trainer.evaluate, Trainer._end_epoch
+    real_evaluate, real_end_epoch = Trainer.evaluate, Trainer._log_epoch
     lrs = []
 
     def evaluate(self, split, model=None, tta="none"):
@@ -136,7 +136,7 @@ def test_trainer_steps_plateau_with_the_monitored_validation_metric(tmp_path, mo
         real_end_epoch(self, *args)
 
     monkeypatch.setattr(Trainer, "evaluate", evaluate)
-    monkeypatch.setattr(Trainer, "_end_epoch", end_epoch)
+    monkeypatch.setattr(Trainer, "_log_epoch", end_epoch)
     lr0 = 0.01
     train(tmp_path, "sched=plateau", "sched.patience=1", f"trainer.monitor={monitor}", f"optim.lr={lr0}",
           "trainer.epochs=6", "data.batch_size=512", "model.hidden=[8]", "trainer.checkpoint=false",

@@ -38,7 +38,7 @@ def test_autocast_runs_in_its_dtype_and_ends_near_fp32(tmp_path, fp32, precision
     trainer = build_trainer(parts, None)
     x, y = parts.data.batch("train", torch.arange(8))
     out, _, _ = trainer.forward_loss(x, y)
-    assert out.dtype == dtype and (trainer.scaler is not None) == (precision == "fp16")
+    assert out.dtype == dtype and (trainer.engine.scaler is not None) == (precision == "fp16")
     summary = train(tmp_path, *LENET, f"trainer.precision={precision}")
     assert summary["precision"] == precision
     close(summary, fp32, rel=1e-2)
@@ -79,9 +79,10 @@ def test_compile_wraps_training_and_evaluation_and_diagnostics_stay_eager():
     cfg, _ = make_config("model=mlp", "trainer.compile=true", "trainer.compile_mode=max-autotune-no-cudagraphs")
     parts = build_parts(cfg)
     trainer = build_trainer(parts, None)
-    assert isinstance(trainer.train_model, torch._dynamo.eval_frame.OptimizedModule)
-    assert trainer.eval_model is trainer.train_model and trainer.eager_model is parts.model
-    assert trainer.train_model._orig_mod is parts.model
+    engine = trainer.engine
+    assert isinstance(engine.train_model, torch._dynamo.eval_frame.OptimizedModule)
+    assert engine.eval_model is engine.train_model and engine.eager_model is parts.model
+    assert engine.train_model._orig_mod is parts.model
 
 
 @pytest.fixture

@@ -207,7 +207,7 @@ def test_fast_crc_is_tensorboards_masked_crc32c():
 
 
 def test_train_accuracy_is_the_same_whether_the_window_keeps_logits_or_predictions(tmp_path, monkeypatch):
-    import dlrun.train.loop as loop
+    import dlrun.train.window as window
 
     def train_acc(run_dir):
         events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
@@ -216,7 +216,7 @@ def test_train_accuracy_is_the_same_whether_the_window_keeps_logits_or_predictio
 
     overrides = ("trainer.epochs=2", "logger.every=4", "model.hidden=[16]")
     train(tmp_path / "logits", *overrides)
-    monkeypatch.setattr(loop, "KEEP_LOGITS", 0)  # every batch is "big": keep each step's argmax
+    monkeypatch.setattr(window, "KEEP_LOGITS", 0)  # every batch is "big": keep each step's argmax
     train(tmp_path / "argmax", *overrides)
     assert train_acc(tmp_path / "logits") == train_acc(tmp_path / "argmax")
     assert len(train_acc(tmp_path / "logits")) == 12  # 5 windows of 4 steps and a last one of 1, twice
@@ -266,13 +266,13 @@ def test_which_last_batches_batchnorm_cannot_train_on_under_ddp():
                                                    (63, 2, 5), (3, 2, 2), (7, 4, 1), (9, 2, 4), (5, 2, 4)])
 def test_piece_sizes_are_the_shards_and_micro_batches_the_trainer_cuts(samples, ranks, micro):
     from dlrun.train.distributed import World
-    from dlrun.train.loop import Trainer, piece_sizes
+    from dlrun.train.step import StepEngine, piece_sizes
 
-    trainer = Trainer.__new__(Trainer)  # _pieces needs only these
-    trainer.micro_batch_size, trainer.batch_samples, trainer.world = micro, samples, World(size=ranks)
+    engine = StepEngine.__new__(StepEngine)  # _pieces needs only these
+    engine.micro_batch_size, engine.batch_samples, engine.world = micro, samples, World(size=ranks)
     cut, counts = [], set()
     for shard in torch.arange(samples).tensor_split(ranks):
-        pieces = trainer._pieces(shard, shard, None)
+        pieces = engine._pieces(shard, shard, None)
         counts.add(len(pieces))
         cut += [len(x) for x, _, _ in pieces if len(x)]
     assert piece_sizes(samples, ranks, micro) == cut and sum(cut) == samples

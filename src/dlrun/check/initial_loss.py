@@ -50,7 +50,7 @@ def measure(trainer, split, indices, batch_size: int) -> tuple[float, float, flo
             weight = len(chunk) / len(indices)
             total += float(loss) * weight
             penalty += float(reg_loss) * weight if reg_loss is not None else 0.0
-            zero += float(trainer.loss_fn(torch.zeros_like(out, dtype=torch.float32), y)) * weight
+            zero += float(trainer.engine.loss_fn(torch.zeros_like(out, dtype=torch.float32), y)) * weight
     return total, penalty, zero
 
 

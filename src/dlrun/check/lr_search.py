@@ -25,6 +25,7 @@ from dataclasses import replace
 
 from dlrun.check.common import Context, Line, batches, run, with_constant_lr
 from dlrun.errors import UserError
+from dlrun.train.callbacks import Callback, Callbacks
 
 NAME = "lr"
 USAGE = """usage: dlrun check lr [train overrides] [check.KEY=VALUE ...]
@@ -51,8 +52,20 @@ SMOOTHING = 0.9  # the range test's exponential moving average of the loss (bias
 EXPLODED = 4.0   # the range test stops once the smoothed loss is this many times its lowest
 
 
+class StepLosses(Callback):
+    """Each step's loss, left on the device (its callback hook: no read per step)."""
+
+    def __init__(self):
+        self.losses = []
+
+    def on_step_end(self, trainer, step, loss) -> None:
+        self.losses.append(loss)
+
+
 def train_steps(trainer, split, indices, lr_at=None) -> list[float]:
-    """Each step's loss (the Trainer computes it before its update); lr_at(i) sets step i's lr."""
+    """Each step's loss (the Trainer computes it before its update); lr_at(i) sets step i's lr.
+    `trainer` carries a StepLosses callback named "losses"."""
+    recorded = trainer.callbacks.named["losses"].losses
     trainer.model.train()
     lowest = math.inf
     losses: list[float] = []
@@ -66,7 +79,7 @@ def train_steps(trainer, split, indices, lr_at=None) -> list[float]:
             losses.append(math.nan)
             break
         if lr_at is not None:  # the range test reads every loss, to stop once it explodes
-            losses.append(float(trainer.window_loss[-1]))
+            losses.append(float(recorded[-1]))
             smooth = smoothed(losses)[-1]
             if not math.isfinite(smooth) or smooth > EXPLODED * lowest:
                 break
@@ -74,7 +87,7 @@ def train_steps(trainer, split, indices, lr_at=None) -> list[float]:
     if lr_at is None:
         import torch
 
-        losses = torch.stack(trainer.window_loss).float().tolist()  # one read for the whole run
+        losses = torch.stack(recorded).float().tolist()  # one read for the whole run
     return losses
 
 
@@ -156,7 +169,8 @@ def lr_search(context: Context) -> list[Line]:
         parts.model.load_state_dict(initial)
         # The window is never flushed: every step's loss stays on the device, read once at the end.
         return build_trainer(replace(parts, cfg=with_constant_lr(cfg, lr)), None, log_every=iterations + 1,
-                             ratio_every=0, ema_decay=None, max_steps=None)
+                             ratio_every=0, ema_decay=None, max_steps=None,
+                             callbacks=Callbacks({"losses": StepLosses()}))
 
     grid = []
     for lr in sorted(options["lrs"], reverse=True):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,8 @@ from dlrun.optim import (build_optimizer, build_scheduler, check_closure_optimiz
                          uses_closure)
 from dlrun.train.distributed import World
 from dlrun.train.callbacks import build_callbacks
-from dlrun.train.loop import Trainer, piece_sizes, plan, resolve_monitor
+from dlrun.train.loop import Settings, Trainer, plan, resolve_monitor
+from dlrun.train.step import StepEngine, piece_sizes
 
 log = logging.getLogger("dlrun")
 
@@ -279,9 +280,20 @@ def build_trainer(parts: Parts, log_dir: Path | None, checkpoint_dir: Path | Non
     writer = RunWriter(log_dir or Path("."), enabled=log_dir is not None and parts.world.main)
     if not parts.world.main:
         options["ratio_every"] = 0  # rank 0 measures the update ratios: the weights are the same on every rank
-    options.setdefault("callbacks", build_callbacks(cfg.get("callbacks")))
-    return Trainer(model, data, optimizer, scheduler, interval, device=parts.device, precision=parts.precision,
-                   writer=writer, world=parts.world, **options)
+    engine = StepEngine(model, optimizer, options.pop("loss") or build_loss("auto", data.task), options["reg"],
+                        world=parts.world, device=parts.device, precision=parts.precision,
+                        **{key: options.pop(key) for key in ENGINE})
+    optim_lr = OmegaConf.select(cfg, "optim.lr")
+    settings = Settings(**{key: options.pop(key) for key in SETTINGS if key in options},
+                        configured_lr=float(optim_lr) if isinstance(optim_lr, (int, float)) else None)
+    callbacks = options.pop("callbacks", None) or build_callbacks(cfg.get("callbacks"))
+    return Trainer(model, data, optimizer, scheduler, interval, engine, settings, writer=writer, world=parts.world,
+                   callbacks=callbacks, **options)
+
+
+# build_trainer's keyword arguments, by the part they go to (the rest are Trainer's own).
+ENGINE = ("grad_clip", "grad_clip_mode", "compile", "compile_mode", "micro_batch_size")
+SETTINGS = tuple(f.name for f in fields(Settings) if f.name != "configured_lr")
 
 
 def last_batch_breaks_batchnorm(model: torch.nn.Module, data: Data, world: World,

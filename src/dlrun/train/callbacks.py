@@ -7,11 +7,16 @@
     dlrun train +callbacks.count._target_=mypkg.Counter    # or callbacks=NAME, a YAML of yours
 
 The events, in order: on_fit_start (once per invocation, after a resume has loaded), then per
-optimizer step on_step_end, per epoch on_epoch_end (train and val metrics, after the epoch's
-checkpoint is queued) and on_checkpoint (a last.pt queued, at epoch ends and mid-epoch saves), and
-on_fit_end with the run's status ("finished", "early_stopped", "stopped", "interrupted").
+optimizer step on_step_start (before the forward), on_before_update (the step's gradients are
+in p.grad, unscaled, and the weights not yet changed) and on_step_end (the update, the schedule
+and max-norm done); per epoch on_epoch_end (train and val metrics, before the epoch's checkpoint
+is written, so state it changes is in it) and on_checkpoint (a last.pt queued, at epoch ends and
+mid-epoch saves); and on_fit_end with the run's status ("finished", "early_stopped", "stopped",
+"interrupted"). A callback that sets `every = N` gets the three step hooks on every N-th step
+only (the run's first step, then each N steps).
+
 A hook you do not override costs nothing: the Trainer calls only the hooks a callback defines,
-and none at all on a step when no callback has on_step_end (the loop then does no work for them).
+and on a step no callback's hooks are due it does no work for them at all.
 `loss` at on_step_end is the step's loss on its device: reading it (`loss.item()`) waits for the
 GPU, which is why the loop itself reads losses only every logger.every steps.
 
@@ -23,18 +28,26 @@ callbacks; `trainer.world.main` says whether this is rank 0.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
-HOOKS = ("on_fit_start", "on_step_end", "on_epoch_end", "on_checkpoint", "on_fit_end")
+STEP_HOOKS = ("on_step_start", "on_before_update", "on_step_end")
+HOOKS = ("on_fit_start", *STEP_HOOKS, "on_epoch_end", "on_checkpoint", "on_fit_end")
 
 
 class Callback:
     """Override the hooks you need; the Trainer passes itself first."""
 
+    every = 1  # the step hooks run on the steps whose number of steps done before is a multiple of it
+
     def on_fit_start(self, trainer: Any) -> None: ...
+
+    def on_step_start(self, trainer: Any, step: int) -> None: ...
+
+    def on_before_update(self, trainer: Any, step: int) -> None: ...
 
     def on_step_end(self, trainer: Any, step: int, loss: torch.Tensor) -> None: ...
 
@@ -58,6 +71,8 @@ class Callbacks:
         self.named = dict(callbacks or {})
         for hook in HOOKS:
             setattr(self, hook, [getattr(cb, hook) for cb in self.named.values() if _defines(cb, hook)])
+        # The step hooks with the period each runs at: due() picks a step's.
+        self.stepping = [cb for cb in self.named.values() if any(_defines(cb, h) for h in STEP_HOOKS)]
 
     def __bool__(self) -> bool:
         return bool(self.named)
@@ -65,6 +80,16 @@ class Callbacks:
     def call(self, hooks: list, *args: Any) -> None:
         for hook in hooks:
             hook(*args)
+
+    def due(self, step: int) -> dict[str, list]:
+        """The step hooks that run on the step after `step` steps done."""
+        acting = [cb for cb in self.stepping if step % max(1, int(cb.every)) == 0]
+        return {hook: [getattr(cb, hook) for cb in acting if _defines(cb, hook)] for hook in STEP_HOOKS}
+
+    def next_due(self, step: int) -> float:
+        """The first number of steps done, from `step` on, at which a step hook is due (inf: never)."""
+        return min((-(-step // max(1, int(cb.every))) * max(1, int(cb.every)) for cb in self.stepping),
+                   default=math.inf)
 
     def state_dict(self) -> dict[str, Any]:
         return {name: cb.state_dict() for name, cb in self.named.items() if hasattr(cb, "state_dict")}

@@ -19,7 +19,8 @@ from dlrun.schema import validate
 from dlrun import checkpoint
 from dlrun.train import distributed, resume
 from dlrun.train.interrupt import catch_signals, preemption_signal
-from dlrun.train.loop import Trainer, piece_sizes
+from dlrun.train.loop import Trainer
+from dlrun.train.step import piece_sizes
 
 log = logging.getLogger("dlrun")
 
@@ -98,7 +99,7 @@ def _train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None
         counted = f"{n_params:,} parameters" + (f", {n_trainable:,} trainable" if n_trainable != n_params else "")
         ddp = f" x {parts.world.size} processes (DDP, {data.batch_size // parts.world.size} samples each a step)" \
             if parts.world.distributed else ""
-        pieces = piece_sizes(data.batch_size, parts.world.size, trainer.micro_batch_size)
+        pieces = piece_sizes(data.batch_size, parts.world.size, trainer.engine.micro_batch_size)
         each = " per process" if parts.world.distributed else ""
         micro = (f", {len(pieces) // parts.world.size} micro-batches of <= {max(pieces)} a step{each}"
                  if len(pieces) > parts.world.size else "")
@@ -141,7 +142,7 @@ def _train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None
             "steps": trainer.step,
             "params": n_params,
             "trainable_params": n_trainable,
-            "samples_per_s": trainer.train_samples / max(trainer.train_seconds, 1e-9),
+            "samples_per_s": trainer.window.train_samples / max(trainer.train_seconds, 1e-9),
             "wall_s": wall,
             "device": str(device),
             "processes": parts.world.size,  # DDP ranks (torchrun's world size)
