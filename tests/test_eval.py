@@ -10,7 +10,8 @@ from hydra.errors import HydraException
 
 from dlrun.cli import one_line
 from dlrun.errors import UserError
-from dlrun.evaluate import evaluate, main, parse_args
+from dlrun.evaluate import evaluate, main
+from dlrun import options
 from tests.conftest import train, dlrun_here
 
 # A small MLP (one hidden layer of 32) for 2 epochs on the CPU: a real run in about 2 s.
@@ -138,14 +139,19 @@ def test_override_mistakes_are_refused(run):
 
 
 def test_arguments_are_parsed_wherever_they_are():
-    assert parse_args(["trainer.device=cpu", "ckpt=a/b", "--json"]) == ("a/b", True, ["trainer.device=cpu"])
-    assert parse_args(["ckpt=x.pt"]) == ("x.pt", False, [])
+    def parsed(*args):
+        given = options.parse("eval", list(args))
+        return given.ckpt, given.json, given.overrides
+
+    assert parsed("trainer.device=cpu", "ckpt=a/b", "--json") == ("a/b", True, ["trainer.device=cpu"])
+    assert parsed("ckpt=x.pt") == ("x.pt", False, [])
+    assert parsed("ckpt=a", "~optim.lr", "ckpt=b", "+x=1") == ("b", False, ["~optim.lr", "+x=1"])  # the last one
     with pytest.raises(UserError, match="no checkpoint given; pass ckpt="):
-        parse_args(["trainer.device=cpu"])
+        options.parse("eval", ["trainer.device=cpu"])
     with pytest.raises(UserError, match="ckpt= is empty"):
-        parse_args(["ckpt="])
-    with pytest.raises(UserError, match="unknown option '-m'"):
-        parse_args(["ckpt=x", "-m"])
+        options.parse("eval", ["ckpt=", "ckpt=x"])
+    with pytest.raises(UserError, match="unknown option '-m'; dlrun eval takes --json, ckpt=PATH and Hydra overrides"):
+        options.parse("eval", ["ckpt=x", "-m"])
 
 
 def test_help_does_not_import_torch():

@@ -1,6 +1,7 @@
 """`dlrun summary`: the layer table of the model `dlrun train` would build, and nothing written."""
 
 import io
+import re
 import subprocess
 import sys
 
@@ -8,7 +9,8 @@ import pytest
 from rich.console import Console
 
 from dlrun.build import build, build_model
-from dlrun.summary import layer_table, parse_args
+from dlrun import options
+from dlrun.summary import BATCH, layer_table
 from tests.conftest import make_config, dlrun_here
 
 
@@ -101,12 +103,18 @@ def test_help_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: dlrun summary [--depth N]") and "dlrun summary model=lenet" in result.stdout
+    assert re.search(rf"run {BATCH}\s+training samples through it", result.stdout)  # what main feeds the model
 
 
 def test_depth_is_taken_out_wherever_it_is():
-    assert parse_args(["model=cnn", "--depth", "1", "data=arrays"]) == (1, ["model=cnn", "data=arrays"])
-    assert parse_args(["--depth=0"]) == (0, [])
-    assert parse_args(["optim.lr=-1"]) == (3, ["optim.lr=-1"])
+    def parsed(*args):
+        given = options.parse("summary", list(args))
+        return given.depth, given.overrides
+
+    assert parsed("model=cnn", "--depth", "1", "data=arrays") == (1, ["model=cnn", "data=arrays"])
+    assert parsed("--depth=0") == (0, [])
+    assert parsed("optim.lr=-1", "+optim.fused=true", "~model.hidden") == (3, ["optim.lr=-1", "+optim.fused=true",
+                                                                               "~model.hidden"])
 
 
 def test_frozen_parameters_are_non_trainable_in_the_rows_and_totals():

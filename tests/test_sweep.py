@@ -249,7 +249,7 @@ def test_report_and_ensemble_mistakes_are_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     cases = [(["report", str(tmp_path / "nope")], "nope: no such directory; pass a sweep directory"),
              (["report", str(tmp_path / "empty")], "no trial folders (0/, 1/, ...)"),
-             (["report", str(tmp_path / "empty"), "--top", "x"], "--top takes a number of trials"),
+             (["report", str(tmp_path / "empty"), "--top", "x"], "--top needs a whole number >= 1, got 'x'; e.g. --top 5"),
              (["ensemble", str(tmp_path / "empty")], "no trial folders"),
              (["ensemble", str(tmp_path / "nope"), "--top", "2"], "no such directory")]
     for args, message in cases:

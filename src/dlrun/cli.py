@@ -12,42 +12,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from dlrun.errors import UserError
+from dlrun.options import COMMANDS, answer
 from dlrun.say import fail, one_line, say  # noqa: F401 (one_line: also dlrun.cli's)
 from dlrun import say as _say
-
-COMMANDS = {
-    "train": "train a model from the composed config (a Hydra app: -m, --cfg job, --help, ...)",
-    "summary": "print the model's layers, output shapes and parameter counts; trains nothing",
-    "eval": "a checkpoint's loss and accuracy on the test and val splits (ckpt=RUN_DIR or FILE.pt)",
-    "check": "the notes' sanity checks: initial-loss, overfit, lr, gradcheck, all, init",
-    "report": "a sweep's trials best first, the best one's command, narrower ranges, plots (DIR)",
-    "ensemble": "average the softmax of a sweep's best K trials (or of run directories) on the test split",
-}
-
-USAGE = """usage: dlrun <command> [hydra overrides]
-
-commands:
-{commands}
-
-examples:
-  dlrun train                                   # MLP on the embedded 8x8 digits, on the CPU
-  dlrun train model=lenet optim=sgd optim.lr=0.05
-  dlrun train -m optim=sgd,adam model=mlp,lenet trainer.epochs=1
-  dlrun train --cfg job                         # print the composed config
-  dlrun train --help                            # config groups and their options
-  dlrun summary model=lenet                     # the layers, shapes and parameters; trains nothing
-  dlrun eval ckpt=outputs/DATE/TIME             # a run's best.pt on the test and val splits
-  dlrun check all                               # initial loss, overfit, lr search, gradient check
-  dlrun train -m sweep=random trainer.epochs=5  # random search: optim.lr, optim.weight_decay in log space
-  dlrun report outputs/multirun/DATE/TIME       # its trials best first, and where to search next
-
-Run directories go to outputs/; watch them with: tensorboard --logdir outputs"""
-
-
-def _usage() -> str:
-    width = max(map(len, COMMANDS))
-    lines = [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
-    return USAGE.format(commands="\n".join(lines))
 
 
 def interrupted(command: str | None) -> int:
@@ -87,53 +55,21 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str]) -> None:
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(_usage())
-        return
-    if argv[0] in ("-V", "--version"):
-        from dlrun import __version__
-
-        print(f"dlrun {__version__}")
-        return
-    if argv[0] in ("-sc", "--shell-completion"):  # the script `dlrun train -sc install=bash` installed asks
+    if argv[:1] in (["-sc"], ["--shell-completion"]):  # the script `dlrun train -sc install=bash` installed asks
         complete(argv)
         return
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"dlrun: error: unknown command '{command}'; choose one of: {', '.join(COMMANDS)} "
-              "(dlrun --help lists them)", file=sys.stderr)
-        sys.exit(2)
-    if command == "report":  # no Hydra, no torch: it reads a sweep directory
-        from dlrun.errors import UserError
-        from dlrun.sweep.report import USAGE as REPORT_USAGE, main as report_main
-
-        if not rest or "-h" in rest or "--help" in rest:
-            print(REPORT_USAGE)
+    try:
+        if answer(argv):  # a --help (train's is Hydra's) or --version, printed without torch or Hydra
             return
+    except UserError as exc:  # an unknown command or option
+        fail(argv[0] if argv[0] in COMMANDS else "", exc)
+    command, rest = argv[0], argv[1:]
+    if command == "report":  # no Hydra, no torch: it reads a sweep directory
+        from dlrun.sweep.report import main as report_main
+
         try:
             report_main(rest)
         except UserError as exc:
-            fail(command, exc)
-        return
-    if command == "ensemble" and (not rest or "-h" in rest or "--help" in rest):
-        from dlrun.sweep.ensemble import USAGE as ENSEMBLE_USAGE  # torch: imported, not run
-
-        print(ENSEMBLE_USAGE)
-        return
-    if command in ("summary", "eval") and ("-h" in rest or "--help" in rest):
-        # The modules import torch only when they run.
-        from dlrun.evaluate import USAGE as EVAL_USAGE
-        from dlrun.summary import USAGE as SUMMARY_USAGE
-
-        print(SUMMARY_USAGE if command == "summary" else EVAL_USAGE)
-        return
-    if command == "check" and (not rest or rest[0] in ("-h", "--help", "help") or "-h" in rest or "--help" in rest):
-        from dlrun.check import main as check_main  # the usages are read without torch or Hydra
-        from dlrun.errors import UserError
-
-        try:
-            check_main(rest)
-        except UserError as exc:  # an unknown check's name
             fail(command, exc)
         return
 
@@ -198,7 +134,6 @@ def check_group_choices(args: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ChoiceSweep
 
-    from dlrun.errors import UserError
     from dlrun.paths import CONFIG_DIR
 
     groups = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
@@ -232,8 +167,6 @@ def _run(command: str, rest: list[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from dlrun.errors import UserError
-
     try:
         if command not in ("eval", "ensemble"):  # eval's overrides apply to a checkpoint's saved config
             check_group_choices(rest)
@@ -264,8 +197,6 @@ def with_the_keys(exc: BaseException, args: list[str]) -> BaseException:
     the config composed without that override does (composed again, on this error's path only)."""
     import difflib
     import re
-
-    from dlrun.errors import UserError
 
     found = re.match(r"Could not override '([\w.]+)'", str(exc))
     if not found:
@@ -305,8 +236,6 @@ def devices_asked(args: list[str]) -> int:
     except ValueError:
         devices = 0
     if devices < 1:
-        from dlrun.errors import UserError
-
         raise UserError(f"trainer.devices={values[-1]} must be a whole number >= 1 (the processes to train on)")
     return devices
 

@@ -4,8 +4,8 @@ The config is the checkpoint's own (dlrun checkpoints carry the resolved compose
 the same data split and the same model are rebuilt; overrides on the command line change values
 of it, with Hydra's override grammar and its errors. The model is evaluated by the Trainer's own
 `evaluate`, as `dlrun train` tests it, so on the CPU the numbers are summary.json's to the last
-digit. Nothing is written. torch and Hydra are imported inside the functions: `dlrun eval --help`
-reads USAGE without them.
+digit. Nothing is written. Its options and --help are dlrun.options'; torch and Hydra are imported
+inside the functions.
 """
 
 from __future__ import annotations
@@ -25,45 +25,6 @@ SPLITS = ("test", "val")
 NAMES = (BEST, LAST)
 ACCEPTS = "a run directory, or a .pt file: its checkpoints/best.pt or last.pt"
 FIX = "pass ckpt= another checkpoint, e.g. the run's checkpoints/last.pt"
-
-USAGE = """usage: dlrun eval ckpt=PATH [--json] [hydra overrides]
-
-Rebuild the data and the model from the checkpoint's own config, load its weights and print its
-loss and accuracy on the test split and the validation split. On the CPU the test numbers are
-those of the run's summary.json. Trains nothing and writes nothing.
-
-arguments:
-  ckpt=PATH   a run directory (its checkpoints/best.pt, the weights train tested, else last.pt)
-              or a checkpoint file (.pt)
-  --json      print the metrics as JSON instead of the table
-  overrides   change values of the checkpoint's config: trainer.device=cpu, data.eval_batch_size=256;
-              for a plain state dict (no config in it) the overrides `dlrun train` would take
-
-examples:
-  dlrun eval ckpt=outputs/2026-11-23/09-52-10-801763
-  dlrun eval ckpt=outputs/2026-11-23/09-52-10-801763/checkpoints/last.pt trainer.device=cpu
-  dlrun eval ckpt=runs/first --json data.eval_batch_size=256"""
-
-
-def parse_args(args: list[str]) -> tuple[str, bool, list[str]]:
-    """(ckpt, as_json, overrides): `ckpt=` and `--json` taken out wherever they are."""
-    ckpt, as_json, overrides = None, False, []
-    for arg in args:
-        if arg.startswith("ckpt="):
-            ckpt = arg.partition("=")[2]
-            if not ckpt:
-                raise UserError("ckpt= is empty; pass ckpt=RUN_DIR or ckpt=FILE.pt")
-        elif arg == "--json":
-            as_json = True
-        elif arg.startswith("-"):
-            raise UserError(f"unknown option {arg!r}; dlrun eval takes ckpt=PATH, --json and Hydra overrides "
-                            "(dlrun eval --help)")
-        else:
-            overrides.append(arg)
-    if ckpt is None:
-        raise UserError("no checkpoint given; pass ckpt=RUN_DIR (its checkpoints/best.pt) or ckpt=FILE.pt")
-    return ckpt, as_json, overrides
-
 
 def saved_config(config: dict[str, Any], overrides: list[str], path: Path) -> DictConfig:
     """The checkpoint's config with `overrides` applied as Hydra applies them to a composed config."""
@@ -226,11 +187,13 @@ def refuse_non_finite(metrics: dict[str, dict[str, float]], state: dict[str, Any
     raise UserError(f"checkpoint '{path}' gives {', '.join(bad)}; {why}")
 
 
-def main(args: list[str]) -> None:
+def main(argv: list[str]) -> None:
     """Parse, evaluate, print the table (or JSON). Errors propagate to the CLI's `fail`."""
-    ckpt, as_json, overrides = parse_args(args)
-    result = evaluate(ckpt, overrides)
-    if as_json:
+    from dlrun.options import parse
+
+    args = parse("eval", argv)
+    result = evaluate(args.ckpt, args.overrides)
+    if args.json:
         from dlrun import strict_json
 
         print(strict_json.dumps(result, indent=2))

@@ -64,10 +64,12 @@ def say(line: str) -> None:
 
 
 def fail(command: str, exc: BaseException) -> NoReturn:
-    """A user's mistake: one line on stderr and exit 2, or the traceback if they asked for it."""
+    """A user's mistake: one line on stderr and exit 2, or the traceback if they asked for it.
+    command "": a mistake in `dlrun`'s own part of the line (an unknown command or option)."""
     if full_error:
         raise exc
-    say(f"dlrun {command}: error: {one_line(exc)}")
+    who = f"dlrun {command}" if command else "dlrun"
+    say(f"{who}: error: {one_line(exc)}")
     sys.exit(2)
 
 

@@ -1,70 +1,35 @@
 """`dlrun summary [--depth N] [overrides]`: the model `dlrun train` would build, layer by layer.
 
 The config is composed with Hydra's compose API rather than as a Hydra app, so nothing is run,
-no run directory is made and no file is written. torch, Hydra and torchinfo are imported inside
-the functions: `dlrun summary --help` reads USAGE without them.
+no run directory is made and no file is written. Its options and --help are dlrun.options'.
+torch, Hydra and torchinfo are imported inside the functions.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dlrun.errors import UserError
-
 if TYPE_CHECKING:
     import torch
     from rich.table import Table
     from torch import nn
 
-DEFAULT_DEPTH = 3
-BATCH = 2  # samples fed through the model: real shapes, and a batch dimension that is not a lone 1
-
-USAGE = f"""usage: dlrun summary [--depth N] [hydra overrides]
-
-Compose the config as `dlrun train` does, build the data and the model on the CPU, run {BATCH}
-training samples through it and print its layers (name, type, output shape, parameters) and the
-totals: parameters, trainable, non-trainable, multiply-adds per sample. Runs nothing else and
-writes nothing.
-
-options:
-  --depth N   how deep nested modules are listed (default {DEFAULT_DEPTH}), anywhere on the line
-  overrides   the same as `dlrun train` takes: model=cnn, model.hidden=[512], data=arrays ...
-
-examples:
-  dlrun summary model=lenet
-  dlrun summary --depth 1 model=cnn model.channels=[16,32]
-  dlrun summary model=lstm data=arrays data.path=x.npz data.layout=sequence"""
+# Samples fed through the model (`dlrun summary --help` says how many): real shapes, and a batch
+# dimension that is not a lone 1.
+BATCH = 2
 
 
-def parse_args(args: list[str]) -> tuple[int, list[str]]:
-    """Take `--depth N` (or `--depth=N`) out of the arguments, wherever it is; the rest are overrides."""
-    depth, overrides = DEFAULT_DEPTH, []
-    it = iter(args)
-    for arg in it:
-        if arg == "--depth" or arg.startswith("--depth="):
-            value = arg.partition("=")[2] if "=" in arg else next(it, None)
-            if value is None or not value.isdigit():
-                got = "nothing" if value is None else repr(value)
-                raise UserError(f"--depth needs a whole number >= 0, got {got}; e.g. --depth 2")
-            depth = int(value)
-        elif arg.startswith("-"):
-            # Hydra's app flags (-m, --cfg, ...) mean nothing here; say so instead of a parse error.
-            raise UserError(f"unknown option {arg!r}; dlrun summary takes --depth N and Hydra overrides "
-                            "(dlrun summary --help)")
-        else:
-            overrides.append(arg)
-    return depth, overrides
-
-
-def main(args: list[str]) -> None:
+def main(argv: list[str]) -> None:
     """Compose, build as training does, print the table. Errors propagate to the CLI's `fail`."""
+    from dlrun.options import parse
+
+    args = parse("summary", argv)
     from hydra import compose, initialize_config_dir
 
     from dlrun.paths import CONFIG_DIR
 
-    depth, overrides = parse_args(args)
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+        cfg = compose("train", overrides=args.overrides)
     # torch only now: a mistyped option or override is reported without its second of start-up.
     from rich import get_console
 
@@ -77,7 +42,7 @@ def main(args: list[str]) -> None:
     x, _ = data.batch("train", slice(0, BATCH))  # preprocessed, as the model reads it
     console = get_console()
     console.print(f"data {data.describe()}", highlight=False, soft_wrap=True)
-    console.print(layer_table(model, x, depth, f"dlrun summary: {type(model).__name__}, input {list(x.shape)}"))
+    console.print(layer_table(model, x, args.depth, f"dlrun summary: {type(model).__name__}, input {list(x.shape)}"))
 
 
 def _shape(size: list[Any]) -> str:
@@ -96,7 +61,7 @@ def _row_params(layer: Any, depth: int) -> tuple[int, int] | None:
     return layer.leftover_params(), layer.leftover_trainable_params()
 
 
-def layer_table(model: nn.Module, x: torch.Tensor, depth: int = DEFAULT_DEPTH, title: str | None = None) -> Table:
+def layer_table(model: nn.Module, x: torch.Tensor, depth: int, title: str | None = None) -> Table:
     """The rich table of `model`'s layers down to `depth`, from a forward pass on the batch `x`, then the totals."""
     import torchinfo
     from rich.table import Table

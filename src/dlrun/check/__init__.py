@@ -1,13 +1,14 @@
 """`dlrun check <name> [overrides]`: the notes' sanity checks, run before (or instead of) training.
 
-A registry: each check is a module with a USAGE string (read without importing torch, for
-`dlrun check <name> --help`) and main(args), which raises UserError or Hydra's exceptions for
-the CLI to print as one line. A new check is one module and one entry in CHECKS.
+A registry: each check is a module with a USAGE string (read without importing torch: dlrun.options
+prints it for `dlrun check <name> --help`) and main(args), which raises UserError or Hydra's
+exceptions for the CLI to print as one line. A new check is one module and one entry in CHECKS.
 """
 
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
 from dlrun.errors import UserError
 
@@ -45,16 +46,16 @@ def usage() -> str:
     return USAGE.format(checks="\n".join(f"  {name:<{width}}  {text}" for name, (_, text) in CHECKS.items()))
 
 
-def main(args: list[str]) -> None:
-    """Dispatch `dlrun check <name> ...` to its module; `--help` anywhere prints a usage without torch."""
-    if not args or args[0] in ("-h", "--help", "help"):
-        print(usage())
-        return
-    name, rest = args[0], args[1:]
+def module(name: str) -> ModuleType:
+    """The check's module: its USAGE and main(args)."""
     if name not in CHECKS:
         raise UserError(f"unknown check {name!r}; choose one of: {', '.join(CHECKS)} (dlrun check --help lists them)")
-    module = importlib.import_module(CHECKS[name][0])
-    if "-h" in rest or "--help" in rest:
-        print(module.USAGE)
-        return
-    module.main(rest)
+    return importlib.import_module(CHECKS[name][0])
+
+
+def main(args: list[str]) -> None:
+    """Dispatch `dlrun check <name> ...` to its module (the CLI has answered --help from dlrun.options)."""
+    from dlrun.options import parse
+
+    name, *overrides = parse("check", args).args or [""]
+    module(name).main(overrides)

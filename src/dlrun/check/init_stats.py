@@ -212,7 +212,7 @@ def main(args: list[str]) -> None:
 
     from dlrun.check.common import compose, output_dir
 
-    cfg = compose(list(args), CONFIG, extra=(), takes="check.KEY=VALUE overrides")
+    cfg = compose(list(args), CONFIG, extra=())
     options = read_options(OmegaConf.to_container(cfg.check, resolve=True))
     out = output_dir(Path(options["out"]))  # before torch's start-up: a clash costs nothing
     import time

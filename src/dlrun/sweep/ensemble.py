@@ -17,24 +17,6 @@ import torch
 from dlrun import checkpoint, strict_json
 from dlrun.errors import UserError
 
-USAGE = """usage: dlrun ensemble DIR [DIR ...] [--top K] [--json]
-
-Average the softmax outputs of several trained models on the test split and print the ensemble's
-test accuracy beside each member's. One DIR: a sweep directory, whose best K trials (default 3) by
-the monitored metric are the members. Several DIRs: those run directories. Writes nothing.
-
-examples:
-  dlrun ensemble outputs/multirun/2026-11-23/16-24-01-797123 --top 5
-  dlrun ensemble runs/a runs/b runs/c --json"""
-
-
-def parse_args(args: list[str]) -> tuple[list[Path], int, bool]:
-    from dlrun.sweep.report import parse_options
-
-    folders, as_json, top = parse_options(args, "ensemble", "members")
-    return folders, top, as_json
-
-
 def members(folders: list[Path], top: int) -> list[Path]:
     """The run directories to ensemble: a sweep's best `top` trials that have a best.pt, or the folders."""
     if len(folders) > 1 or checkpoint.folder(folders[0]).is_dir():
@@ -85,11 +67,13 @@ def ensemble(folders: list[Path], top: int = 3) -> dict[str, Any]:
                                           "size": len(rows)}, "samples": len(targets), "probabilities": mean}
 
 
-def main(args: list[str]) -> None:
-    folders, top, as_json = parse_args(args)
-    result = ensemble(folders, top)
+def main(argv: list[str]) -> None:
+    from dlrun.options import parse
+
+    args = parse("ensemble", argv)
+    result = ensemble(args.folders, args.top)
     result.pop("probabilities")
-    if as_json:
+    if args.json:
         print(strict_json.dumps(result, indent=2))
         return
     from rich import get_console

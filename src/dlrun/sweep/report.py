@@ -31,53 +31,8 @@ import yaml
 
 from dlrun.errors import UserError
 
-USAGE = """usage: dlrun report DIR [--json] [--top K]
-
-A sweep directory's trials sorted by the monitored metric (best first), the best trial's
-overrides as a dlrun train command, a narrower range for each loguniform dimension from the top K
-trials (default 3), and scatter plots of the metric against each dimension in DIR/report/.
-
-examples:
-  dlrun report outputs/multirun/2026-11-23/16-24-01-797123
-  dlrun report runs/coarse --top 5
-  dlrun report runs/coarse --json"""
-
 # Overrides that say how a trial ran, not what it tried: left out of its values and of the command.
 _PLUMBING = ("sweep", "hydra.", "trainer.resume", "trainer.threads")
-
-
-def parse_options(args: list[str], command: str, what: str) -> tuple[list[Path], bool, int]:
-    """(directories, --json, --top K) for dlrun report and dlrun ensemble; each must exist."""
-    folders, as_json, top = [], False, 3
-    rest = list(args)
-    while rest:
-        arg = rest.pop(0)
-        if arg == "--json":
-            as_json = True
-        elif arg == "--top":
-            try:
-                top = int(rest.pop(0))
-            except (IndexError, ValueError):
-                raise UserError(f"--top takes a number of {what}, e.g. --top 5") from None
-            if top < 1:
-                raise UserError(f"--top {top}: give at least 1")
-        elif arg.startswith("-"):
-            raise UserError(f"unknown option {arg!r}; dlrun {command} takes directories, --json and --top K")
-        else:
-            folders.append(Path(arg))
-    if not folders:
-        raise UserError(f"no directory given; pass a sweep directory, e.g. dlrun {command} outputs/multirun/DATE/TIME")
-    for folder in folders:
-        if not folder.is_dir():
-            raise UserError(f"{folder}: no such directory; pass a sweep directory (dlrun train -m writes them)")
-    return folders, as_json, top
-
-
-def parse_args(args: list[str]) -> tuple[Path, bool, int]:
-    folders, as_json, top = parse_options(args, "report", "trials")
-    if len(folders) > 1:
-        raise UserError(f"one sweep directory at a time; got {len(folders)}")
-    return folders[0], as_json, top
 
 
 def _key(override: str) -> str:
@@ -279,15 +234,18 @@ def _plain(value: Any) -> Any:
     return value if value is None or isinstance(value, (str, int, bool)) else str(value)
 
 
-def main(args: list[str]) -> None:
-    folder, as_json, top = parse_args(args)
+def main(argv: list[str]) -> None:
+    from dlrun.options import parse
+
+    args = parse("report", argv)
+    folder, top = args.folder, args.top
     trials = ranked(read_trials(folder))
     logs = log_dimensions(folder)
     # in the table's column order, then by name (a set's order changes from one process to the next)
     keys = [key for key in trials[0]["values"] if key in logs] + sorted(logs - set(trials[0]["values"]))
     suggestions = {key: narrower(trials, key, top) for key in keys}
     best = trials[0] if trials[0]["value"] is not None else None
-    if as_json:
+    if args.json:
         print(json.dumps(_plain({"trials": trials, "best_command": command(best) if best else None,
                                  "suggested": {k: list(v) for k, v in suggestions.items() if v}}), indent=2))
         return
