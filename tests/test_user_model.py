@@ -99,6 +99,7 @@ def readme_example(title: str, end: str) -> tuple[dict[str, str], list[str]]:
 @pytest.mark.parametrize("title,end,paths", [
     ("### Your own model", "### Your own callback", {"mypkg/tiny.py", "conf/model/tiny.yaml"}),
     ("### Your own callback", "### Your own optimizer settings", {"mypkg/callbacks.py", "conf/callbacks/print_best.yaml"}),
+    ("### Your own data", "### Tab completion", {"mypkg/spirals.py", "conf/data/spirals.yaml"}),
 ])
 def test_the_readmes_extending_examples_run_as_written(title, end, paths, tmp_path, monkeypatch):
     import shlex
@@ -122,6 +123,8 @@ def test_the_readmes_extending_examples_run_as_written(title, end, paths, tmp_pa
         assert json.loads((run / "summary.json").read_text())["status"] == "finished"
         if "callbacks" in title:
             assert "epoch 1: new best val/acc" in result.stdout
+        if "data" in title:  # the spirals are learnt: far above the 0.5 of chance
+            assert json.loads((run / "summary.json").read_text())["test"]["acc"] > 0.8
 
 
 def test_the_contract_is_in_the_models_package_docstring():
