@@ -104,6 +104,37 @@ def test_default_train_reaches_95_percent_and_prints_the_results_table(tmp_path)
 
 
 @pytest.mark.slow
+def test_cn_quick_is_train_cut_to_20_steps_for_any_choice_of_groups():
+    """configs/quick.yaml sets no group's own keys, so every data=, model=, ... still composes under it."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from dlrun.paths import CONFIG_DIR
+    from dlrun.schema import validate
+
+    changed = {"trainer.max_steps": 20, "logger.every": 5, "logger.diagnostics.every": 10}
+    for overrides in ([], ["model=cnn", "optim=sgd", "sched=onecycle", "reg=[l2,dropout]"], ["experiment=resnet"]):
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            train, quick = (compose(name, overrides) for name in ("train", "quick"))
+        validate(quick)
+        assert {key: OmegaConf.select(quick, key) for key in changed} == changed
+        for key, value in changed.items():
+            OmegaConf.update(train, key, value)
+        assert quick == train, overrides
+
+
+def test_cn_quick_trains_20_steps_into_outputs_quick_and_eval_reads_its_checkpoint(tmp_path):
+    result = dlrun_here("train", "-cn", "quick", "trainer.device=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run,) = (tmp_path / "outputs" / "quick").glob("*/*")
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["status"], summary["steps"], summary["test"]["acc"] > 0.5) == ("finished", 20, True), summary
+    assert "config_name: quick" in (run / ".hydra" / "hydra.yaml").read_text()
+    evaluated = dlrun_here("eval", f"ckpt={run / 'checkpoints' / 'last.pt'}", "--json", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["test"]["acc"] == summary["test"]["acc"]
+
+
 def test_multirun_puts_four_jobs_in_one_sweep_directory(tmp_path):
     result = dlrun_here("train", "-m", "optim=sgd,adam", "model=mlp,lenet", "trainer.epochs=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

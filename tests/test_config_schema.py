@@ -36,7 +36,7 @@ def test_every_shipped_target_has_a_schema_that_its_yaml_satisfies(group, npz, t
              "image_folder": [f"data.root={tmp_path}"]} if group == "data" else {}
     for name in options(group):
         cfg, _ = make_config(f"{group}={name}", *extra.get(name, []))
-        assert cfg[group]._target_ in schema.TARGETS or schema.optimizer_schema(cfg[group]._target_), \
+        assert cfg[group]._target_ in schema.TARGETS or schema.DERIVED.get(group, lambda _: None)(cfg[group]._target_), \
             f"{group}={name}: no schema for {cfg[group]._target_}"
         schema.validate(cfg)  # raises on a key or value the schema does not allow
 
@@ -90,6 +90,8 @@ def test_the_schemas_choices_match_what_the_builders_accept():
     (["trainer.precision=64"], "trainer.precision=64 must be one of auto, 32, fp32, 16, fp16, bf16"),
     (["model=resnet", "model.depth=19"], "model.depth=19 must be one of 18, 34, 50, 101, 152, 20, 32, 44, 56, 110"),
     (["reg=early_stopping", "reg.early_stopping=3"], "reg.early_stopping=3 must be a group of settings (patience, min_delta)"),
+    # a bad value inside a group of settings is named by its own key, not the group's
+    (["logger.diagnostics.histograms=maybe"], "logger.diagnostics.histograms='maybe' must be true or false"),
     (["trainer.seed=-1"], "trainer.seed=-1 must be an integer in [0,"),
 ])
 def test_each_bad_config_is_one_line_naming_key_value_and_what_is_allowed(overrides, message):
@@ -112,6 +114,43 @@ def test_bad_config_on_the_command_line_exits_2_with_one_line_and_writes_nothing
         assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith(f"dlrun train: error: {key}"), err
     assert (earlier / "summary.json").read_text() == '{"kept": true}'
     assert not list((tmp_path / "outputs").rglob("*.pt")) and not list((tmp_path / "outputs").rglob("events.*"))
+
+
+# Each range lives in the schemas alone: the code that builds a run (assembly.trainer_settings,
+# regularization, check_world, resolve_precision, loss_setting) reads values already checked. So
+# every command that builds a trainer must refuse each of these before anything else reads it.
+EVERY_REG = "reg=[l1,l2,weight_decay,maxnorm,early_stopping]"  # every reg key there, so each can be set
+BAD_RUN_VALUES = [
+    "trainer.grad_clip_mode=clip", "trainer.ema_decay=1", "trainer.ema_decay=0", "trainer.epochs=0",
+    "trainer.max_steps=0", "trainer.grad_clip=0", "trainer.seed=-1", "trainer.stop_at_epoch=0",
+    "trainer.checkpoint_every_steps=0", "trainer.micro_batch_size=0", "trainer.devices=0", "trainer.precision=64",
+    "logger.every=0", "logger.ratio_every=-1", "logger.diagnostics.every=-1", "logger.diagnostics.histograms=maybe",
+    "reg.l2=-1", "reg.l1=-1", "reg.weight_decay=-1", "reg.maxnorm=0", "reg.early_stopping.patience=0",
+    "reg.early_stopping.min_delta=-1", "reg.exclude_bias_and_norm=maybe", "loss.label_smoothing=1",
+]
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    from tests.conftest import train
+
+    run = tmp_path_factory.mktemp("saved")
+    train(run, EVERY_REG, "model.hidden=[8]", "trainer.max_steps=1", "trainer.device=cpu", "logger.hparams=false")
+    return run / "checkpoints" / "last.pt"
+
+
+@pytest.mark.parametrize("command", ["train", "check lr", "check gradcheck", "check initial-loss", "eval"])
+def test_each_bad_run_value_is_refused_in_one_line_by_every_command_that_builds_a_trainer(command, saved_run, tmp_path):
+    from tests.conftest import dlrun_here
+
+    words = command.split()
+    before = [f"ckpt={saved_run}"] if command == "eval" else [EVERY_REG]  # eval: the run's own config
+    for override in BAD_RUN_VALUES:
+        result = dlrun_here(*words, *before, override, "trainer.device=cpu", cwd=tmp_path)
+        lines = result.stderr.strip().splitlines()
+        key = override.split("=")[0]
+        assert result.returncode == 2 and len(lines) == 1, (override, result.stderr)
+        assert lines[0].startswith(f"dlrun {words[0]}: error: {key}=") and "must be" in lines[0], (override, lines)
 
 
 def test_validation_converts_what_it_accepts(tmp_path):

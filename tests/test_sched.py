@@ -209,11 +209,47 @@ def test_a_run_resumed_mid_warmup_ends_exactly_like_an_unbroken_one(tmp_path):
     (("sched=linear", "sched.start_factor=0"), "sched.start_factor=0 must be a number in (0, 1]"),
     (("sched=onecycle", "sched.pct_start=1.5"), "sched.pct_start=1.5 must be a number in (0, 1)"),
     (("sched=cosine", "sched.T_max=0"), "sched.T_max=0 must be an integer >= 1 or null (null: the whole run)"),
+    # the schemas come from torch's signatures: a typo names the keys, a Literal's values are the choices
+    (("sched=step", "+sched.gama=0.1"), "sched.gama: unknown key for torch.optim.lr_scheduler.StepLR; its keys: "
+                                        "_target_, _partial_, step_size, gamma, interval, warmup_steps"),
+    (("sched=exponential", "~sched.gamma"), "sched.gamma is not set; pass sched.gamma=... (a number > 0"),
+    (("sched=onecycle", "sched.anneal_strategy=cosine"), "sched.anneal_strategy='cosine' must be one of cos, linear"),
+    (("sched=onecycle", "sched.cycle_momentum=maybe"), "sched.cycle_momentum='maybe' must be auto or true or false"),
+    (("sched=plateau", "+sched.mode=min"), "sched.mode: unknown key for torch.optim.lr_scheduler.ReduceLROnPlateau"),
+    (("sched=step", "+sched.last_epoch=3"), "sched.last_epoch: unknown key for torch.optim.lr_scheduler.StepLR"),
+    # a user's own class: its arguments pass, dlrun's own keys are still checked
+    (("sched._target_=mypkg.MySchedule", "sched.interval=batch"), "sched.interval='batch' must be one of epoch, step"),
 ])
 def test_bad_schedule_values_are_one_line(overrides, message):
     with pytest.raises(UserError) as error:
         dummy(*overrides, epochs=10, total_steps=100)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (("sched=plateau", "+sched.eps=1e-6"), {"eps": 1e-6}),
+    (("sched=constant", "sched.total_iters=null"), {"total_iters": 10}),  # null: the whole run, as cosine's T_max
+    (("sched=exponential", "sched._target_=torch.optim.lr_scheduler.PolynomialLR", "~sched.gamma", "+sched.power=2",
+      "+sched.total_iters=null"), {"power": 2.0, "total_iters": 10}),
+])
+def test_every_argument_torch_takes_is_accepted_and_reaches_the_schedule(overrides, expected):
+    """Schedule schemas come from torch's signatures, as the optimizers' do: ReduceLROnPlateau's eps
+    needs no copy in dlrun, and a torch class no YAML names (PolynomialLR) gets its own."""
+    _, _, scheduler, _ = dummy(*overrides, epochs=10, total_steps=100)
+    assert {key: getattr(scheduler, key) for key in expected} == expected
+
+
+def test_every_schedule_rule_names_an_argument_a_schedule_takes():
+    """A rule under a misspelt name would never apply: each names some schedule's argument."""
+    import inspect
+
+    from dlrun import optim
+    from dlrun.schema import SCHED_RULES
+
+    classes = [c for m in (torch.optim.lr_scheduler, optim) for c in vars(m).values()
+               if isinstance(c, type) and issubclass(c, torch.optim.lr_scheduler.LRScheduler)]
+    arguments = {n for c in classes for p in inspect.signature(c).parameters for n in (p, f"{c.__name__}.{p}")}
+    assert set(SCHED_RULES) <= arguments, set(SCHED_RULES) - arguments
 
 
 @pytest.mark.parametrize("name", SCHEDULES)

@@ -153,7 +153,8 @@ def after_validation(scheduler: Any, interval: str, metric: float) -> None:
             scheduler.step()
 
 
-# Keys a schedule's YAML may leave null for the run to fill in: its length in schedule steps.
+# Keys a schedule's YAML may leave null for the run to fill in: its length in schedule steps (the
+# schedules' schemas, dlrun.schema.recipe, take null for these).
 RUN_LENGTH = ("T_max", "total_iters", "total_steps")
 
 
@@ -163,17 +164,13 @@ def _increasing(milestones: Any) -> None:
 
 
 def check_schedule(cfg: DictConfig) -> tuple[dict[str, Any], type, str, int]:
-    """The schedule's values, checked without an optimizer or a run (so a run can refuse them
-    before it reads any data): (torch's arguments, the class, interval, warmup steps)."""
+    """The schedule's values, checked together without an optimizer or a run (so a run can refuse
+    them before it reads any data): (torch's arguments, the class, interval, warmup steps)."""
     spec: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
+    # Each value on its own (interval and warmup_steps too, whatever the class) is checked by the
+    # schedule's schema (dlrun.schema.validate) first; what is left are the values taken together.
     interval = spec.pop("interval", "epoch")
-    warmup = spec.pop("warmup_steps", 0) or 0
-    # Each value on its own is checked by the schedule's schema (dlrun.schema); these two keys are
-    # dlrun's own, so a schedule class of the user's (no schema) has them checked here.
-    if interval not in ("epoch", "step"):
-        raise UserError(f"sched.interval={interval!r} must be epoch or step")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise UserError(f"sched.warmup_steps={warmup!r} must be an integer >= 0 (optimizer steps)")
+    warmup = spec.pop("warmup_steps", 0)
     _increasing(spec.get("milestones"))
     target = spec.get("_target_")
     try:

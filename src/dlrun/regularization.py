@@ -13,8 +13,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from dlrun.config import number
 from dlrun.errors import UserError
+from dlrun.schema import EarlyStopping
 
 
 def penalized_weights(model: nn.Module, exclude_bias_and_norm: bool = True) -> list[torch.Tensor]:
@@ -74,19 +74,15 @@ class Regularization:
 
 
 def regularization(cfg: DictConfig) -> Regularization:
-    """Read and check cfg.reg; a bad value fails here, before any data is read."""
-    l2 = number(cfg, "reg.l2", float, 0, optional=True) or 0.0
-    l1 = number(cfg, "reg.l1", float, 0, optional=True) or 0.0
-    weight_decay = number(cfg, "reg.weight_decay", float, 0, optional=True) or 0.0
-    maxnorm = number(cfg, "reg.maxnorm", float, 0, above=True, optional=True)
-    patience = min_delta = None
-    if OmegaConf.select(cfg, "reg.early_stopping") is not None:
-        patience = number(cfg, "reg.early_stopping.patience", int, 1)
-        min_delta = number(cfg, "reg.early_stopping.min_delta", float, 0)
-    exclude = OmegaConf.select(cfg, "reg.exclude_bias_and_norm", default=True)
-    if not isinstance(exclude, bool):
-        raise UserError(f"reg.exclude_bias_and_norm={exclude!r} must be true or false")
-    return Regularization(l2, l1, weight_decay, maxnorm, exclude, patience, min_delta or 0.0)
+    """cfg.reg as a run applies it: a setting no chosen option gives is off. Its values are checked
+    by reg's schema (dlrun.schema.Reg, before any data is read), and only there."""
+    reg = OmegaConf.to_container(cfg.reg, resolve=True)
+    stopping = reg.get("early_stopping")
+    stopping = None if stopping is None else EarlyStopping(**stopping)  # the schema's defaults for a key left out
+    return Regularization(l2=reg.get("l2") or 0.0, l1=reg.get("l1") or 0.0,
+                          weight_decay=reg.get("weight_decay") or 0.0, maxnorm=reg.get("maxnorm"),
+                          exclude_bias_and_norm=reg.get("exclude_bias_and_norm", True),
+                          patience=stopping and stopping.patience, min_delta=stopping.min_delta if stopping else 0.0)
 
 
 def parameter_groups(model: nn.Module, reg: Regularization, optimizer_target: str) -> list:

@@ -8,9 +8,10 @@ ends in one line that names the key, the value and what is allowed:
     optim.lr=0.0 must be a number > 0
     model.hiden: unknown key for dlrun.models.mlp.MLP; its keys: hidden, activation, ...
 
-A group with a `_target_` has one schema per target class (SGD's keys are not Adam's). A target
-dlrun has no schema for (a user's own class in a new YAML file) gets its keys passed through
-unchecked, as Hydra would; its constructor is the judge.
+A group with a `_target_` has one schema per target class (SGD's keys are not Adam's); an
+optimizer's or a schedule's comes from its class's signature. A target dlrun has no schema for (a
+user's own class in a new YAML file) gets its keys passed through unchecked, as Hydra would; its
+constructor is the judge (a schedule's interval and warmup_steps, dlrun's own, are still checked).
 """
 
 
@@ -26,8 +27,7 @@ from dlrun.schema.groups import (  # noqa: F401
     PREPROCESS, Recurrent, Reg, ResNet, ResNet9, SCHEMES, TorchvisionNet, VGG, VisionData,
 )
 from dlrun.schema.recipe import (  # noqa: F401
-    ConstantLR, CosineAnnealingLR, ExponentialLR, InverseLR, LR, LinearLR, MultiStepLR, OPTIM_RULES,
-    OneCycleLR, RUN_LENGTH, ReduceLROnPlateau, Schedule, StepLR, optimizer_schema, signature_schema,
+    LR, OPTIM_RULES, RUN_LENGTH, SCHED_RULES, Schedule, optimizer_schema, schedule_schema, signature_schema,
 )
 from dlrun.schema.runs import COMPILE_MODES, CheckOptions, Diagnostics, Logger, Sweep, Trainer  # noqa: F401
 
@@ -44,12 +44,9 @@ TARGETS: dict[str, type] = {
     "dlrun.models.alexnet.alexnet": AlexNet, "dlrun.models.vgg.vgg": VGG, "dlrun.models.resnet.resnet": ResNet,
     "dlrun.models.resnet9.resnet9": ResNet9,
     "dlrun.models.googlenet.googlenet": GoogLeNet, "dlrun.models.rnn.Recurrent": Recurrent,
-    "torch.optim.lr_scheduler.ConstantLR": ConstantLR, "torch.optim.lr_scheduler.CosineAnnealingLR": CosineAnnealingLR,
-    "torch.optim.lr_scheduler.ExponentialLR": ExponentialLR, "dlrun.optim.InverseSqrtLR": InverseLR,
-    "dlrun.optim.InverseTimeLR": InverseLR, "torch.optim.lr_scheduler.LinearLR": LinearLR,
-    "torch.optim.lr_scheduler.MultiStepLR": MultiStepLR, "torch.optim.lr_scheduler.StepLR": StepLR,
-    "torch.optim.lr_scheduler.OneCycleLR": OneCycleLR, "torch.optim.lr_scheduler.ReduceLROnPlateau": ReduceLROnPlateau,
 }
+# Optimizers and schedules have theirs from their signatures: optimizer_schema, schedule_schema.
+DERIVED = {"optim": optimizer_schema, "sched": schedule_schema}
 EXAMPLES = {"data": "dlrun.data.digits.DigitsData", "model": "dlrun.models.mlp.MLP", "optim": "torch.optim.Adam",
             "sched": "torch.optim.lr_scheduler.CosineAnnealingLR"}
 # Groups without a target: one schema each.
@@ -86,9 +83,13 @@ def validate(cfg: DictConfig) -> None:
         if not isinstance(target, str) or not target:
             raise UserError(f"{group}._target_={_shown(target)!r} must name a class by its dotted path, "
                             f"e.g. {EXAMPLES[group]}")
-        schema = TARGETS.get(target) or (optimizer_schema(target) if group == "optim" else None)
+        schema = TARGETS.get(target) or (DERIVED[group](target) if group in DERIVED else None)
         if schema is not None:
             check_node(node, schema, f"{group}.", target)
-        elif not isinstance(node.get("_partial_", False), bool):
+            continue
+        if not isinstance(node.get("_partial_", False), bool):
             raise UserError(f"{group}._partial_={_shown(node.get('_partial_'))!r} must be true or false")
+        if group == "sched":  # a user's own class takes what it takes, but dlrun reads these keys itself
+            check_node({k: v for k, v in node.items() if k in Schedule.__dataclass_fields__}, Schedule,
+                       "sched.", target)
 

@@ -1,5 +1,6 @@
-"""The optimizers' schemas (from torch's signatures, with dlrun's ranges) and the schedules'."""
+"""The optimizers' and the schedules' schemas: from torch's signatures, with dlrun's ranges."""
 
+import collections.abc
 import dataclasses
 import functools
 import typing
@@ -36,38 +37,59 @@ OPTIM_RULES: dict[str, dict[str, Any]] = {
 }
 
 
-def _field_kind(annotation: Any) -> tuple[Any, bool]:
-    """An OmegaConf field type for a torch argument's annotation, and whether it takes None:
-    float | Tensor -> float, tuple[float | Tensor, ...] -> list[float], bool | None -> bool (optional)."""
-    args = typing.get_args(annotation)
+def _field_kind(annotation: Any) -> tuple[Any, bool, tuple]:
+    """An OmegaConf field type for a torch argument's annotation, whether it takes None, and the
+    values a Literal allows: float | Tensor -> float, tuple[float | Tensor, ...] or Iterable[int]
+    -> a list, bool | None -> bool (optional), Literal['cos', 'linear'] -> str, one of those."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     optional = type(None) in args
-    if typing.get_origin(annotation) in (tuple, list):
+    if origin is typing.Literal:
+        return type(args[0]), False, args
+    if origin in (tuple, list, collections.abc.Iterable, collections.abc.Sequence):
         inner = {_field_kind(a)[0] for a in args if a is not Ellipsis}
-        return (list[inner.pop()] if len(inner) == 1 and Any not in inner else list), optional
+        return (list[inner.pop()] if len(inner) == 1 and Any not in inner else list), optional, ()
     for kind in (bool, int, float, str):
         if annotation is kind or kind in args:
-            return kind, optional
-    return Any, optional
+            return kind, optional, ()
+    literal = [a for a in args if typing.get_origin(a) is typing.Literal]
+    return (_field_kind(literal[0])[0], optional, typing.get_args(literal[0])) if literal else (Any, optional, ())
 
 
-def signature_schema(cls: type, rules: dict[str, dict[str, Any]], skip: tuple[str, ...] = ("params",)) -> type:
+def signature_schema(cls: type, rules: dict[str, dict[str, Any]], skip: tuple[str, ...] = ("params",),
+                     own: type | None = None) -> type:
     """A schema for a class dlrun does not own, from its constructor's signature: each argument with
-    torch's type and default, and dlrun's rule where `rules` has one for its name."""
+    torch's type and default, and dlrun's rule where `rules` has one for CLASS.name or name. A rule's
+    nullable=True also takes null (dlrun fills it in); its `also` words, beside a type that is no
+    name (OneCycleLR's cycle_momentum=auto). `skip`: arguments (name or CLASS.name) not offered;
+    `own`: a dataclass of keys dlrun reads itself, added after the class's."""
     import inspect
 
-    hints = typing.get_type_hints(cls.__init__)
+    try:  # torch names some annotations' types only for type checkers (MultiStepLR's Iterable)
+        hints = typing.get_type_hints(cls.__init__, localns=vars(collections.abc))
+    except NameError:
+        hints = {}
     fields: list[tuple[str, Any, Any]] = [("_target_", str, field(default=MISSING)),
                                           ("_partial_", bool, field(default=True))]
     for name, parameter in inspect.signature(cls).parameters.items():
-        if name in skip or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+        if {name, f"{cls.__name__}.{name}"} & set(skip) or parameter.kind in (parameter.VAR_POSITIONAL,
+                                                                               parameter.VAR_KEYWORD):
             continue
-        kind, optional = _field_kind(hints.get(name, Any))
+        kind, optional, choices = _field_kind(hints.get(name, Any))
+        rule = {"choices": choices, **rules.get(f"{cls.__name__}.{name}", rules.get(name, {}))}
+        optional = rule.pop("nullable", False) or optional
         default = MISSING if parameter.default is parameter.empty else parameter.default
+        default = None if optional and default is MISSING else default
         default = list(default) if isinstance(default, tuple) else default
         if kind is float and isinstance(default, int) and not isinstance(default, bool):
             default = float(default)
+        if rule.get("also") and kind is not str:  # OmegaConf would refuse the word: the rule checks the type
+            kind, rule["kind"] = Any, kind
         kind = Optional[kind] if optional or default is None else kind
-        fields.append((name, kind, setting(default, **rules.get(name, {}))))
+        fields.append((name, kind, setting(default, **rule)))
+    if own is not None:
+        kinds = typing.get_type_hints(own)
+        fields += [(f.name, kinds[f.name], setting(f.default, **dataclasses.asdict(f.metadata["rule"])))
+                   for f in dataclasses.fields(own)]
     return dataclasses.make_dataclass(cls.__name__, fields)
 
 
@@ -87,78 +109,57 @@ def optimizer_schema(target: str) -> type | None:
 
 @dataclass
 class Schedule:
-    _target_: str = MISSING
-    _partial_: bool = True
+    """The keys dlrun reads from every schedule's config itself (torch's class never sees them)."""
+
     interval: str = setting("epoch", choices=("epoch", "step"))
     warmup_steps: int = setting(0, ge=0, hint="(optimizer steps)")
 
 
-RUN_LENGTH = dict(ge=1, hint="(null: the whole run)")
+# A schedule's length left null is filled in with the run's (dlrun.optim.RUN_LENGTH names those keys).
+RUN_LENGTH = dict(ge=1, nullable=True, hint="(null: the whole run)")
+# The ranges dlrun adds to the schedules' arguments, as OPTIM_RULES to the optimizers': by name, or
+# by CLASS.name where one class's argument differs (ConstantLR's factor may be 1, the plateau's not).
+SCHED_RULES: dict[str, dict[str, Any]] = {
+    "ConstantLR.total_iters": dict(RUN_LENGTH, ge=0),
+    "factor": dict(ge=0, le=1),
+    "ReduceLROnPlateau.factor": dict(gt=0, lt=1, hint="(0.5 halves the lr)"),
+    "eta_min": dict(ge=0),
+    "gamma": dict(gt=0, hint="(the factor per decay)"),
+    "k": dict(ge=0),
+    "start_factor": dict(gt=0, le=1),
+    "end_factor": dict(ge=0, le=1),
+    "milestones": dict(ge=1, nonempty=True, hint="(increasing, e.g. [15,22])"),
+    "step_size": dict(ge=1, hint="(epochs, or steps with sched.interval=step)"),
+    "OneCycleLR.max_lr": dict(gt=0, nullable=True, hint="(null: optim.lr)"),
+    "OneCycleLR.cycle_momentum": dict(also=("auto",)),
+    "pct_start": dict(gt=0, lt=1),
+    "base_momentum": dict(ge=0, lt=1),
+    "max_momentum": dict(ge=0, lt=1),
+    "div_factor": dict(gt=0),
+    "final_div_factor": dict(gt=0),
+    "patience": dict(ge=0, hint="(epochs)"),
+    "threshold": dict(ge=0),
+    "cooldown": dict(ge=0, hint="(epochs)"),
+    "min_lr": dict(ge=0),
+    "eps": dict(gt=0),
+}
+# Not the user's to set: dlrun's checkpoints restore a schedule's place (last_epoch), and the
+# plateau's mode follows trainer.monitor.
+SCHED_SET_BY_DLRUN = ("optimizer", "last_epoch", "ReduceLROnPlateau.mode")
 
 
-@dataclass
-class ConstantLR(Schedule):
-    factor: float = setting(1.0, ge=0, le=1)
-    total_iters: int = setting(0, ge=0)
+@functools.cache
+def schedule_schema(target: str) -> type | None:
+    """A schedule's schema from its signature (any class torch.optim.lr_scheduler has, and dlrun's
+    own in dlrun.optim), with dlrun's keys (Schedule) after torch's; None for a user's class."""
+    from torch.optim import lr_scheduler
 
+    from dlrun import optim
 
-@dataclass
-class CosineAnnealingLR(Schedule):
-    T_max: Optional[int] = setting(None, **RUN_LENGTH)
-    eta_min: float = setting(0.0, ge=0)
-
-
-@dataclass
-class ExponentialLR(Schedule):
-    gamma: float = setting(0.9, gt=0, hint="(the factor per decay)")
-
-
-@dataclass
-class InverseLR(Schedule):
-    k: float = setting(1.0, ge=0)
-
-
-@dataclass
-class LinearLR(Schedule):
-    start_factor: float = setting(1.0, gt=0, le=1)
-    end_factor: float = setting(0.0, ge=0, le=1)
-    total_iters: Optional[int] = setting(None, **RUN_LENGTH)
-
-
-@dataclass
-class MultiStepLR(Schedule):
-    milestones: list[int] = setting([15, 22], ge=1, nonempty=True, hint="(increasing, e.g. [15,22])")
-    gamma: float = setting(0.1, gt=0)
-
-
-@dataclass
-class StepLR(Schedule):
-    step_size: int = setting(10, ge=1, hint="(epochs, or steps with sched.interval=step)")
-    gamma: float = setting(0.5, gt=0)
-
-
-@dataclass
-class OneCycleLR(Schedule):
-    interval: str = setting("step", choices=("epoch", "step"))
-    max_lr: Optional[float] = setting(None, gt=0, hint="(null: optim.lr)")
-    total_steps: Optional[int] = setting(None, **RUN_LENGTH)
-    pct_start: float = setting(0.3, gt=0, lt=1)
-    anneal_strategy: str = setting("cos", choices=("cos", "linear"))
-    cycle_momentum: Any = setting("auto", choices=("auto", True, False))
-    base_momentum: float = setting(0.85, ge=0, lt=1)
-    max_momentum: float = setting(0.95, ge=0, lt=1)
-    div_factor: float = setting(25.0, gt=0)
-    final_div_factor: float = setting(1e4, gt=0)
-    three_phase: bool = False
-
-
-@dataclass
-class ReduceLROnPlateau(Schedule):
-    factor: float = setting(0.5, gt=0, lt=1, hint="(0.5 halves the lr)")
-    patience: int = setting(5, ge=0, hint="(epochs)")
-    threshold: float = setting(1e-4, ge=0)
-    threshold_mode: str = setting("rel", choices=("rel", "abs"))
-    cooldown: int = setting(0, ge=0, hint="(epochs)")
-    min_lr: float = setting(0.0, ge=0)
-
-
+    module, _, name = target.rpartition(".")
+    cls = getattr({"torch.optim.lr_scheduler": lr_scheduler, "dlrun.optim": optim}.get(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, lr_scheduler.LRScheduler)) or name.startswith("_") \
+            or cls is lr_scheduler.LRScheduler:
+        return None
+    return signature_schema(cls, {**dict.fromkeys(optim.RUN_LENGTH, RUN_LENGTH), **SCHED_RULES},
+                            skip=SCHED_SET_BY_DLRUN, own=Schedule)

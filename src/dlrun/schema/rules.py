@@ -138,6 +138,9 @@ def check_node(node: Any, schema: type, prefix: str, owner: str) -> None:
         merged = OmegaConf.merge(OmegaConf.structured(schema), given)
     except (ValidationError, ConfigKeyError) as exc:
         name = str(exc.full_key).split(".")[0].split("[")[0]
+        inner = _strip_optional(kinds[name])[0]
+        if dataclasses.is_dataclass(inner) and isinstance(given.get(name), dict):
+            check_node(given[name], inner, f"{prefix}{name}.", owner)  # names the key inside the group
         raise UserError(f"{prefix}{name}={_shown(given.get(name))!r} must be "
                         f"{describe(kinds[name], fields[name].metadata.get('rule', Rule()))}") from None
     for name in given:  # the converted value replaces what was given (lr=1 -> 1.0, "1e-3" -> 0.001)

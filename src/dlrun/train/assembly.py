@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -19,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dlrun.build import build, build_model
-from dlrun.config import number
 from dlrun.data import Data
 from dlrun.errors import UserError
 from dlrun.losses import Loss, build_loss, check_targets
@@ -64,7 +64,7 @@ def resolve_device(name: str, world: World = World()) -> torch.device:
 
 def check_world(cfg: DictConfig, world: World) -> None:
     """trainer.devices against the processes there are, and the global batch against the ranks."""
-    devices = number(cfg, "trainer.devices", int, 1) if OmegaConf.select(cfg, "trainer.devices") is not None else 1
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
     if not world.distributed and devices > 1:
         raise UserError(f"trainer.devices={devices} starts {devices} processes from the command line "
                         f"(dlrun train trainer.devices={devices} ...), not inside a sweep or a Python call; "
@@ -86,9 +86,7 @@ def check_world(cfg: DictConfig, world: World) -> None:
 def resolve_precision(precision: Any, device: torch.device) -> str:
     """auto: on CUDA bf16 where the GPU has it (Ampere on), else fp16 with a GradScaler; on the CPU
     fp32 (bf16 is ~3x slower on CPUs without bf16 instructions, fp16 slower still)."""
-    name = {"32": "32", "fp32": "32", "16": "fp16", "fp16": "fp16", "bf16": "bf16", "auto": "auto"}.get(str(precision))
-    if name is None:
-        raise UserError(f"trainer.precision={precision!r} is unknown; use auto, 32, bf16 or fp16")
+    name = {"32": "32", "fp32": "32", "16": "fp16", "fp16": "fp16", "bf16": "bf16", "auto": "auto"}[str(precision)]
     if name == "auto":
         if device.type != "cuda":
             return "32"
@@ -127,7 +125,7 @@ def loss_setting(cfg: DictConfig, key: str, default: float) -> float:
     """loss.KEY, else reg.KEY (reg=label_smoothing sets reg.label_smoothing), else the default."""
     for where in (f"loss.{key}", f"reg.{key}"):
         if OmegaConf.select(cfg, where):  # unset, null and 0 fall through
-            return number(cfg, where, float)
+            return OmegaConf.select(cfg, where)
     return default
 
 
@@ -205,40 +203,26 @@ def build_parts(cfg: DictConfig, world: World = World()) -> Parts:
 
 
 def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
-    """The Trainer's keyword arguments that cfg sets, each checked (one line per bad value)."""
-    t = cfg.trainer
-    grad_clip_mode = str(OmegaConf.select(cfg, "trainer.grad_clip_mode", default="norm"))
-    if grad_clip_mode not in ("norm", "value"):
-        raise UserError(f"trainer.grad_clip_mode={grad_clip_mode!r} must be norm or value")
-    ema_decay = number(cfg, "trainer.ema_decay", float, 0, above=True, optional=True)
-    if ema_decay is not None and ema_decay >= 1:
-        raise UserError(f"trainer.ema_decay={ema_decay} must be in (0, 1), e.g. 0.999")
+    """The Trainer's keyword arguments that cfg sets. Their values are checked by the schemas
+    (dlrun.schema.validate, which build_parts runs first), and only there; a key an older
+    checkpoint's config lacks takes its default."""
+    t, get = cfg.trainer, functools.partial(OmegaConf.select, cfg)
     diagnostics = None  # logger.diagnostics (none in the config: no diagnostics)
-    if OmegaConf.select(cfg, "logger.diagnostics") is not None:
+    if get("logger.diagnostics") is not None:
         from dlrun.monitor.diagnostics import DiagnosticsSettings
 
-        flags = {}
-        for key in ("histograms", "filters"):
-            flags[key] = OmegaConf.select(cfg, f"logger.diagnostics.{key}", default=True)
-            if not isinstance(flags[key], bool):
-                raise UserError(f"logger.diagnostics.{key}={flags[key]!r} must be true or false")
-        diagnostics = DiagnosticsSettings(every=number(cfg, "logger.diagnostics.every", int, 0), **flags)
+        diagnostics = DiagnosticsSettings(**OmegaConf.to_container(cfg.logger.diagnostics, resolve=True))
     return dict(
-        epochs=number(cfg, "trainer.epochs", int, 1), max_steps=number(cfg, "trainer.max_steps", int, 1, optional=True),
-        reg=regularization(cfg), grad_clip=number(cfg, "trainer.grad_clip", float, 0, above=True, optional=True),
-        monitor=str(t.monitor), seed=number(cfg, "trainer.seed", int),
-        log_every=number(cfg, "logger.every", int, 1), ratio_every=number(cfg, "logger.ratio_every", int, 0),
-        stop_at_epoch=number(cfg, "trainer.stop_at_epoch", int, 1, optional=True),
-        config=OmegaConf.to_container(cfg, resolve=True), ema_decay=ema_decay, grad_clip_mode=grad_clip_mode,
-        diagnostics=diagnostics,
-        checkpoint_every_steps=number(cfg, "trainer.checkpoint_every_steps", int, 1, optional=True),
+        epochs=t.epochs, max_steps=get("trainer.max_steps"), reg=regularization(cfg), grad_clip=get("trainer.grad_clip"),
+        monitor=str(t.monitor), seed=t.seed, log_every=cfg.logger.every, ratio_every=cfg.logger.ratio_every,
+        stop_at_epoch=get("trainer.stop_at_epoch"), config=OmegaConf.to_container(cfg, resolve=True),
+        ema_decay=get("trainer.ema_decay"), grad_clip_mode=get("trainer.grad_clip_mode", default="norm"),
+        diagnostics=diagnostics, checkpoint_every_steps=get("trainer.checkpoint_every_steps"),
         # A checkpoint's config from before augment= and eval= existed has neither: both off.
-        augment=OmegaConf.to_container(cfg.augment, resolve=True) if OmegaConf.select(cfg, "augment") else None,
-        tta=str(OmegaConf.select(cfg, "eval.tta", default="none")),
-        channels_last=bool(OmegaConf.select(cfg, "trainer.channels_last", default=False)),
-        compile=bool(OmegaConf.select(cfg, "trainer.compile", default=False)),
-        compile_mode=str(OmegaConf.select(cfg, "trainer.compile_mode", default="default")),
-        micro_batch_size=number(cfg, "trainer.micro_batch_size", int, 1, optional=True),
+        augment=OmegaConf.to_container(cfg.augment, resolve=True) if get("augment") else None,
+        tta=get("eval.tta", default="none"), channels_last=get("trainer.channels_last", default=False),
+        compile=get("trainer.compile", default=False), compile_mode=get("trainer.compile_mode", default="default"),
+        micro_batch_size=get("trainer.micro_batch_size"),
     )
 
 
