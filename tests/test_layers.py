@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "dlrun"
-UPPER = ("dlrun.train", "dlrun.check", "dlrun.sweep", "dlrun.cli", "dlrun.evaluate", "dlrun.summary",
+UPPER = ("dlrun.train", "dlrun.check", "dlrun.sweep", "dlrun.cli", "dlrun.options", "dlrun.evaluate", "dlrun.summary",
          "dlrun.__main__")
 
 

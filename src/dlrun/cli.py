@@ -182,8 +182,9 @@ def _run(command: str, rest: list[str]) -> None:
             eval_main(rest)
         elif command == "check":
             from dlrun.check import main as check_main
+            from dlrun.options import parse
 
-            check_main(rest)
+            check_main(parse("check", rest).args)
         elif command == "ensemble":
             from dlrun.sweep.ensemble import main as ensemble_main
 

@@ -54,8 +54,6 @@ def module(name: str) -> ModuleType:
 
 
 def main(args: list[str]) -> None:
-    """Dispatch `dlrun check <name> ...` to its module (the CLI has answered --help from dlrun.options)."""
-    from dlrun.options import parse
-
-    name, *overrides = parse("check", args).args or [""]
+    """Dispatch `dlrun check <name> ...`, as dlrun.options parsed it, to its module."""
+    name, *overrides = args or [""]
     module(name).main(overrides)

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # `dlrun check NAME --help` reads a check's module, which subclasses Callback, without torch
+    import torch
 
 STEP_HOOKS = ("on_step_start", "on_before_update", "on_step_end")
 HOOKS = ("on_fit_start", *STEP_HOOKS, "on_epoch_end", "on_checkpoint", "on_fit_end")
