@@ -31,7 +31,7 @@ run whole (validation every epoch, default logging and checkpoints): small model
 epochs are where dlrun's bookkeeping weighs most, and where people run many experiments.
 
 --calibrate is the A/A run: dlrun's training step is replaced by a second copy of the plain step,
-inside dlrun's loop and through the same harness. Its ratio is what the loop around the step and
+inside dlrun's loop and through the same harness, on the batch dlrun's loop gathered. Its ratio is what the loop around the step and
 the measurement itself cost; the A/B ratio minus it is what dlrun's step, logging and
 checkpoints add.
 
@@ -81,8 +81,9 @@ class PlainLoop:
         self.seconds = 0.0       # everything it did: steps and per-epoch validation
         self.step_seconds = 0.0  # its steps alone
 
-    def step(self, epoch: int) -> None:
-        """One step on its own next batch (its own shuffle and gather, as a hand-written loop has)."""
+    def step(self, epoch: int, batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """One step on its own next batch (its own shuffle and gather, as a hand-written loop has),
+        or on `batch` (the A/A twin: the batch dlrun's loop gathered)."""
         start = time.perf_counter()
         if epoch != self.epoch:  # a new epoch: validate the last one, step the schedule, reshuffle
             if self.epoch:
@@ -90,9 +91,11 @@ class PlainLoop:
             self.epoch, self.position = epoch, 0
             self.order = torch.randperm(len(self.train), generator=self.generator)
         step_start = time.perf_counter()
-        index = self.order[self.position:self.position + self.batch_size]
-        self.position += self.batch_size
-        x, y = self.data.batch(self.train, index)  # gather and standardise, as any loop must
+        if batch is None:
+            index = self.order[self.position:self.position + self.batch_size]
+            self.position += self.batch_size
+            batch = self.data.batch(self.train, index)  # gather and standardise, as any loop must
+        x, y = batch
         loss = F.cross_entropy(self.model(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -163,7 +166,7 @@ def main() -> None:
         if args.calibrate:  # A/A: the same plain step again, with its own model, in dlrun's place
             if not hasattr(self, "twin"):
                 self.twin = PlainLoop(self, hidden, lr, self.epochs, cosine=not small)
-            self.twin.step(self.epoch)
+            self.twin.step(self.epoch, (x, y))  # dlrun's batch: its gather is the loop's, not a second one
             self.step += 1
         else:
             original_step(self, x, y, mix)

@@ -51,9 +51,11 @@ class Split:
 
     def take(self, index: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
         """x[index], y[index] on the training device, x still as stored."""
-        if isinstance(index, torch.Tensor):
+        if isinstance(index, torch.Tensor):  # index_select: a gather without advanced indexing's overhead
             index = index.to(self.x.device)
-        x, y = self.x[index], self.y[index]
+            x, y = self.x.index_select(0, index), self.y.index_select(0, index)
+        else:
+            x, y = self.x[index], self.y[index]
         if self.device.type == "cuda" and not x.is_cuda and not x.is_pinned():
             # A gather from pinned memory is a new, pageable tensor, whose copy would make the host
             # wait: pin it (torch's caching host allocator, as DataLoader's pin_memory does).
