@@ -95,36 +95,15 @@ def output_dir(out: Path) -> Path:
 
 
 def read_options(cfg: DictConfig) -> dict[str, Any]:
-    """cfg.check as plain values, each checked: a bad one fails here, before any data is read."""
+    """cfg.check as plain values; each value's own range is the schema's (dlrun.schema.runs.CheckOptions,
+    checked by validate before this), what is left here is between two keys."""
     from omegaconf import OmegaConf
 
     options = OmegaConf.to_container(cfg.check, resolve=True)
-
-    def whole(key: str, least: int) -> None:
-        value = options[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise UserError(f"check.{key}={value!r} must be a whole number >= {least}")
-
-    def positive(key: str) -> None:
-        value = options[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise UserError(f"check.{key}={value!r} must be a number > 0")
-
-    for key in ("batches", "budget", "iterations", "examples", "k", "samples"):
-        whole(key, 1)
-    whole("seed", 0)
-    for key in ("tolerance", "h", "drop", "range_min", "range_max"):
-        positive(key)
     lrs = options["lrs"]
-    options["lrs"] = lrs = [lrs] if isinstance(lrs, (int, float)) else list(lrs or [])
-    if not lrs or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in lrs):
-        raise UserError(f"check.lrs={lrs!r} must be a list of numbers > 0, e.g. check.lrs=[1e-1,1e-2,1e-3,1e-4]")
-    if not isinstance(options["range"], bool):
-        raise UserError(f"check.range={options['range']!r} must be true or false")
+    options["lrs"] = [lrs] if isinstance(lrs, (int, float)) else list(lrs)
     if options["range_min"] >= options["range_max"]:
         raise UserError(f"check.range_min={options['range_min']:g} must be below check.range_max={options['range_max']:g}")
-    if options["drop"] >= 1:
-        raise UserError(f"check.drop={options['drop']:g} must be a share in (0, 1), e.g. 0.1")
     return options
 
 
@@ -146,7 +125,10 @@ def run(name: str, checks: list[tuple[str, Callable[[Context], list[Line]]]], ar
     """Compose, run each check in order, print the table, write check.json; exit 1 on a fail."""
     import sys
 
+    from dlrun.schema import validate
+
     cfg = compose(args)
+    validate(cfg)  # every value, before the output folder is made: a refused check leaves nothing behind
     options = read_options(cfg)
     out = output_dir(Path(options["out"]))
     from rich import get_console

@@ -13,7 +13,7 @@ What the trainer does with a batch:  x = data.prepare(x_raw)  or, when training,
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,8 @@ LAYOUTS = ("features", "signal", "image", "sequence")
 ON_DEVICE = ("auto", "true", "false")
 # data.on_device=auto keeps a dataset on a CUDA device when it takes at most this share of the free memory.
 DEVICE_SHARE = 0.5
+# A training split whose float32 copy is at most this big is shuffled an epoch at a time (Split.batches).
+EPOCH_GATHER = 256 << 20
 
 
 class Split:
@@ -63,19 +65,37 @@ class Split:
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def batches(self, batch_size: int, order: torch.Tensor | None = None, start: int = 0,
-                shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                shard: tuple[int, int] = (0, 1), prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                elementwise: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches in `order` (a permutation) or in storage order, from batch number `start` on.
 
         shard=(rank, ranks): rank's contiguous part of each batch (data-parallel training).
+        prepare: applied to each batch's x (stored -> model input). A shuffled epoch of a split held
+        on its training device is gathered in one go and sliced (airbench's way: a step then costs
+        no gather), and an `elementwise` prepare runs once on all of it: the same numbers, in a
+        handful of kernels an epoch instead of several a step.
         """
         rank, ranks = shard
         if order is None and ranks > 1:
             order = torch.arange(len(self))
         if order is not None:
             order = order.to(self.x.device, non_blocking=True)
-        for begin in range(start * batch_size, len(self), batch_size):
+        first = start * batch_size
+        if order is not None and self.x.device == self.device and 4 * self.x.numel() <= EPOCH_GATHER:
+            rest = order[first:]
+            x_all, y_all = self.x.index_select(0, rest), self.y.index_select(0, rest)
+            if prepare is not None and elementwise:
+                x_all, prepare = prepare(x_all), None
+            for begin in range(0, len(rest), batch_size):
+                x, y = x_all[begin:begin + batch_size], y_all[begin:begin + batch_size]
+                if ranks > 1:
+                    x, y = x.tensor_split(ranks)[rank], y.tensor_split(ranks)[rank]
+                yield (prepare(x) if prepare is not None else x), y
+            return
+        for begin in range(first, len(self), batch_size):
             index = slice(begin, begin + batch_size) if order is None else order[begin:begin + batch_size]
-            yield self.take(index.tensor_split(ranks)[rank] if ranks > 1 else index)
+            x, y = self.take(index.tensor_split(ranks)[rank] if ranks > 1 else index)
+            yield (prepare(x) if prepare is not None else x), y
 
 
 class Data:
@@ -205,6 +225,12 @@ class Data:
         """Stored x -> model input, without augmentation (evaluation, checks)."""
         return self.normalize(self.to_unit(x))
 
+    @property
+    def elementwise(self) -> bool:
+        """Whether prepare maps each number alone (every method but pca_whiten's matrix product), so
+        that preparing many batches at once gives each the numbers it gets alone."""
+        return not self.preprocess.flattens
+
     def batch(self, split: Split | str, index: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
         """A model-ready (x, y) of `split` at `index`, on the training device."""
         split = self.splits[split] if isinstance(split, str) else split
@@ -262,7 +288,8 @@ class StreamedSplit:
         return x.to(self.device), self.y[torch.as_tensor(list(rows), device=self.y.device)]
 
     def batches(self, batch_size: int, order: torch.Tensor | None = None, start: int = 0,
-                shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                shard: tuple[int, int] = (0, 1), prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                elementwise: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         rank, ranks = shard  # as Split.batches: rank's part of each batch (not a DistributedSampler,
         # whose padded strided shards would make N ranks train on other batches than one process)
         order = torch.arange(len(self)) if order is None else order.cpu()
@@ -281,7 +308,8 @@ class StreamedSplit:
                 yield torch.empty((0, *self.sample_shape), dtype=self.dtype, device=self.device), self.y[:0]
                 continue
             x, y = next(loaded)
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x = x.to(self.device, non_blocking=True)
+            yield (prepare(x) if prepare is not None else x), y.to(self.device, non_blocking=True)
 
 
 class _OrderedBatches:

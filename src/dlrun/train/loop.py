@@ -197,8 +197,10 @@ class Trainer:
         every = self.settings.checkpoint_every_steps if self.checkpoint_dir is not None else None
         last = min(self.steps_per_epoch, self.position + self.settings.max_steps - self.step) \
             if self.settings.max_steps is not None else self.steps_per_epoch  # (a dropped last batch, max_steps)
+        prepare = self.data.prepare if self.augment is None else None  # else training_batch's pipeline
         try:
-            for x, y in train.batches(batch_size, order, start=self.position, shard=(self.world.rank, self.world.size)):
+            for x, y in train.batches(batch_size, order, start=self.position, shard=(self.world.rank, self.world.size),
+                                      prepare=prepare, elementwise=self.data.elementwise):
                 if self.position >= last:
                     break
                 if self._stopping():  # the step in flight has finished: save the position and stop
@@ -207,7 +209,7 @@ class Trainer:
                     return None
                 # the global batch's size (under DDP x is this rank's shard of it)
                 self.global_samples = min(batch_size, len(train) - self.position * batch_size)
-                self.train_step(*self.training_batch(x, y))
+                self.train_step(*self.training_batch(x, y, prepared=prepare is not None))
                 self.position += 1
                 if every and self.step % every == 0 and self.position < last:
                     self._save_mid_epoch()
@@ -218,14 +220,15 @@ class Trainer:
         self.train_seconds += time.perf_counter() - started
         return self.window.epoch_metrics()
 
-    def training_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Mix | None]:
+    def training_batch(self, x: torch.Tensor, y: torch.Tensor,
+                       prepared: bool = False) -> tuple[torch.Tensor, torch.Tensor, Mix | None]:
         """A stored batch -> the model's input and targets: augmented and preprocessed on the device.
 
         Pixel augmentations (crop, flip, jitter) see [0, 1] pixels; cutout comes after the
         normalisation, so its square is the mean; mixup/cutmix blend the normalised inputs.
         """
-        if self.augment is None:
-            return self._layout(self.data.prepare(x)), y, None
+        if self.augment is None:  # prepared: the batches came preprocessed (Split.batches)
+            return self._layout(x if prepared else self.data.prepare(x)), y, None
         x = self.data.to_unit(x)
         if self.augment.pixel_ops:
             x = self.augment.pixels(x)
