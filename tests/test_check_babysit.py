@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -190,15 +191,26 @@ def test_kinks_are_found_where_the_notes_put_them():
 
 # ---------------------------------------------------------------------- options and the CLI
 @pytest.mark.parametrize("override,message", [
-    ("check.k=0", "check.k=0 must be a whole number >= 1"),
+    ("check.k=0", "check.k=0 must be an integer >= 1"),
     ("check.h=-1", "check.h=-1 must be a number > 0"),
-    ("check.lrs=[]", "check.lrs=[] must be a list of numbers > 0"),
-    ("check.drop=1.5", "check.drop=1.5 must be a share in (0, 1)"),
+    ("check.lrs=[]", "check.lrs=[] must be a non-empty list of numbers > 0"),
+    ("check.drop=1.5", "check.drop=1.5 must be a number in (0, 1)"),
+    ("check.range_min=20", "check.range_min=20 must be below check.range_max=10"),
 ])
 def test_bad_check_options_are_one_line_errors(override, message):
-    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
-                       .replace(")", r"\)")):
-        read_options(compose([override]))
+    """Each value's range is the schema's (validate); a range between two keys is read_options'."""
+    from dlrun.schema import validate
+
+    cfg = compose([override])
+    with pytest.raises(UserError, match=re.escape(message)):
+        validate(cfg)
+        read_options(cfg)
+
+
+def test_a_refused_check_leaves_no_output_folder(tmp_path):
+    result = dlrun_here("check", "lr", "check.k=0", f"check.out={tmp_path / 'out'}", cwd=tmp_path)
+    assert result.returncode == 2 and "check.k=0 must be an integer >= 1" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_cli_runs_all_four_steps_and_reports_a_fail_with_exit_1(tmp_path):

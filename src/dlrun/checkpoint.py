@@ -7,6 +7,7 @@ import pickle
 import pickletools
 import struct
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,12 @@ def write_failure(exc: BaseException) -> str:
     return text.rsplit(": ", 1)[-1] if text.startswith("[enforce fail") else text
 
 
+def _write(before: Callable[[], None] | None, state: Any, path: Path, previous: Path | None) -> None:
+    if before is not None:
+        before()
+    save_atomic(state, path, previous)
+
+
 class BackgroundWriter:
     """Writes checkpoints on one worker thread: training waits for a tensor copy, not for the disk.
 
@@ -88,9 +95,11 @@ class BackgroundWriter:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlrun-checkpoint")
         self.pending: list[tuple[Path, Future]] = []
 
-    def save(self, state: dict[str, Any], path: Path, copy: bool = True, previous: Path | None = None) -> None:
-        """Queue a write of `state`; copy=False only for a state nothing will change in place."""
-        self.pending.append((path, self.pool.submit(save_atomic, snapshot(state) if copy else state, path,
+    def save(self, state: dict[str, Any], path: Path, copy: bool = True, previous: Path | None = None,
+             before: Callable[[], None] | None = None) -> None:
+        """Queue a write of `state`; copy=False only for a state nothing will change in place;
+        `before` runs on the worker first (the checkpoint is on disk only once it has)."""
+        self.pending.append((path, self.pool.submit(_write, before, snapshot(state) if copy else state, path,
                                                     previous)))
 
     def wait(self) -> None:
@@ -125,13 +134,17 @@ class CheckpointSaver:
         self.folder = folder
         self.writer = BackgroundWriter()
 
-    def save(self, state: dict[str, Any], best: dict[str, Any] | None = None) -> None:
-        """Queue last.pt (and best.pt first, when given: a payload nothing changes in place)."""
+    def save(self, state: dict[str, Any], best: dict[str, Any] | None = None,
+             before: Callable[[], None] | None = None) -> None:
+        """Queue last.pt (and best.pt first, when given: a payload nothing changes in place); `before`
+        runs on the writer's thread ahead of them (the TensorBoard flush: a run killed outright keeps
+        its curves up to the checkpoint it resumes from, and training does not wait for it)."""
         assert self.folder is not None
         self.writer.wait()  # the writes before: at most one round in flight
         if best is not None:
-            self.writer.save(best, self.folder / BEST, copy=False)
-        self.writer.save(state, self.folder / LAST, previous=self.folder / PREVIOUS)
+            self.writer.save(best, self.folder / BEST, copy=False, before=before)
+            before = None
+        self.writer.save(state, self.folder / LAST, previous=self.folder / PREVIOUS, before=before)
 
     def save_best_now(self, best: dict[str, Any]) -> None:
         """best.pt written at once (a resumed run's copy of the best weights it continues from)."""

@@ -364,8 +364,7 @@ class Trainer:
             return
         state = self.state_dict()  # on every rank: it gathers the ranks' random states
         if self.world.main:  # best.state is already a private CPU copy: best.pt needs no second snapshot
-            self.checkpoints.save(state, best=run_state.best_payload(self) if best else None)
-            self.writer.flush()
+            self.checkpoints.save(state, best=run_state.best_payload(self) if best else None, before=self.writer.flush)
         self.checkpoint_written = f"epoch {self.epoch}" + (f", step {self.step}" if self.position is not None else "")
         self.callbacks.call(self.callbacks.on_checkpoint, self, self.checkpoint_dir / checkpoint.LAST, self.epoch,
                             self.step)
