@@ -30,7 +30,8 @@ from dlrun.monitor.tensorboard import RunWriter, flatten
 from dlrun.optim import (build_optimizer, build_scheduler, check_closure_optimizer, check_optimizer, check_schedule,
                          uses_closure)
 from dlrun.train.distributed import World
-from dlrun.train.callbacks import build_callbacks
+from dlrun.train.callbacks import Callbacks, build_callbacks
+from dlrun.train.monitors import MetricsFile
 from dlrun.train.loop import Settings, Trainer, plan, resolve_monitor
 from dlrun.train.step import StepEngine, piece_sizes
 
@@ -240,10 +241,12 @@ def build_augment(settings: dict[str, Any] | None, data: Any, device: torch.devi
     return augment
 
 
-def build_trainer(parts: Parts, log_dir: Path | None, checkpoint_dir: Path | None = None, **changes: Any) -> Trainer:
+def build_trainer(parts: Parts, log_dir: Path | None, checkpoint_dir: Path | None = None,
+                  metrics_file: Path | None = None, **changes: Any) -> Trainer:
     """The Trainer for `parts` with the optimizer and schedule cfg composes, writing TensorBoard
-    events to log_dir (None: nowhere). `changes` replace the Trainer's keyword arguments read from
-    cfg (the checks turn logging and regularisation off). The caller closes trainer.writer."""
+    events to log_dir (None: nowhere) and a row per epoch to metrics_file (None: none). `changes`
+    replace the Trainer's keyword arguments read from cfg (the checks turn logging and
+    regularisation off). The caller closes trainer.writer."""
     cfg, data, model = parts.cfg, parts.data, parts.model
     options = dict(parts.settings, reg=parts.reg, loss=parts.loss, checkpoint_dir=checkpoint_dir)
     options.update(changes)
@@ -271,6 +274,8 @@ def build_trainer(parts: Parts, log_dir: Path | None, checkpoint_dir: Path | Non
     settings = Settings(**{key: options.pop(key) for key in SETTINGS if key in options},
                         configured_lr=float(optim_lr) if isinstance(optim_lr, (int, float)) else None)
     callbacks = options.pop("callbacks", None) or build_callbacks(cfg.get("callbacks"))
+    if metrics_file is not None:  # ahead of the user's callbacks: their on_epoch_end may read it
+        callbacks = Callbacks({"dlrun.metrics_file": MetricsFile(metrics_file), **callbacks.named})
     return Trainer(model, data, optimizer, scheduler, interval, engine, settings, writer=writer, world=parts.world,
                    callbacks=callbacks, **options)
 

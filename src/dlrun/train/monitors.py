@@ -1,11 +1,13 @@
 """dlrun's own observers of a run, as callbacks: the epoch's TensorBoard scalars, the diagnostics,
-the update/weight ratios and early stopping. Each acts only at the steps its `every` names; the
+the update/weight ratios, early stopping and the metrics file. Each acts only at the steps its `every` names; the
 Trainer builds them from the run's settings (dlrun_callbacks) before the user's own."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -99,6 +101,38 @@ class EarlyStopping(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.waited = state.get("best"), int(state.get("waited", 0))
+
+
+class MetricsFile(Callback):
+    """metrics.csv: one row per epoch (epoch, step, the train and val metrics, lr, training seconds),
+    as Keras' CSVLogger writes, for pandas.read_csv. A resumed run first drops the rows past the
+    epoch it continues from (a killed run's last epochs, done again), so no epoch is there twice."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_fit_start(self, trainer: Any) -> None:
+        if not trainer.world.main or not self.path.is_file():
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) <= trainer.epoch]
+        if kept != rows:
+            with open(self.path, "w", newline="") as f:
+                csv.writer(f).writerows(kept)
+
+    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
+        if not trainer.world.main:
+            return
+        row = {"epoch": epoch, "step": trainer.step, **metrics,
+               **{f"val_ema/{k}": v for k, v in trainer.ema_val.items()},
+               "lr": trainer.optimizer.param_groups[0]["lr"], "train_s": round(trainer.train_seconds, 3)}
+        new = not self.path.is_file() or self.path.stat().st_size == 0
+        with open(self.path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(row)
+            writer.writerow([repr(v) if isinstance(v, float) else v for v in row.values()])
 
 
 def dlrun_callbacks(trainer: Any, ratio_every: int, diagnostics: DiagnosticsSettings | None,

@@ -72,7 +72,8 @@ def _train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None
         # Before any work: the checkpoint must read and fit this run's recipe.
         resumed = resume.pick(cfg, run_dir, t.resume)
         parts = build_parts(cfg, world)
-        trainer = build_trainer(parts, run_dir / "tb", checkpoint.folder(run_dir) if t.checkpoint else None)
+        trainer = build_trainer(parts, run_dir / "tb", checkpoint.folder(run_dir) if t.checkpoint else None,
+                                metrics_file=run_dir / "metrics.csv")
     except UserError as exc:  # a setting refused: the run directory says so too, for a sweep's report
         if not (run_dir / "summary.json").exists():
             write({"status": "failed", "error": error_line(exc), "choices": choices}, run_dir / "summary.json")
