@@ -115,7 +115,8 @@ def test_lr_finds_1e_4_hardly_moves_sgd_while_1e_1_does_and_plots_it(tmp_path):
     assert report["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     events = EventAccumulator(str(tmp_path / "lr" / "tb"), size_guidance={"images": 0, "scalars": 0}).Reload()
     assert events.Tags()["images"] == ["check/lr"]
-    assert len(events.Scalars("lr/0.1/loss")) == 100
+    assert len(events.Scalars("check/lr/0.1/loss")) == 100
+    assert all(tag.startswith("check/") for tag in events.Tags()["scalars"])  # none beside training's lr
     assert code == 0
 
 

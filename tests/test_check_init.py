@@ -131,14 +131,15 @@ def test_cli_runs_the_notes_experiment_prints_the_table_and_writes_json_and_hist
 
     events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"histograms": 0, "scalars": 0})
     events.Reload()
-    assert events.Tags()["histograms"] == list(DEFAULT_PAIRS)
+    assert events.Tags()["histograms"] == [f"check/init/{name}" for name in DEFAULT_PAIRS]
+    assert all(tag.startswith("check/") for tag in events.Tags()["scalars"])  # no top-level group of its own
     for name in DEFAULT_PAIRS:
-        histograms = events.Histograms(name)
+        histograms = events.Histograms(f"check/init/{name}")
         assert [h.step for h in histograms] == [1, 2, 3, 4, 5, 6]
         assert all(h.histogram_value.num == 16 * 4096 for h in histograms)
-        assert [s.value for s in events.Scalars(f"{name}/std")] == pytest.approx(
+        assert [s.value for s in events.Scalars(f"check/init/{name}/std")] == pytest.approx(
             [layer["std"] for layer in pairs[name]["layers"]], rel=1e-6)
-    tanh_last = events.Histograms("tanh:large_normal")[-1].histogram_value
+    tanh_last = events.Histograms("check/init/tanh:large_normal")[-1].histogram_value
     assert tanh_last.min >= -1 and tanh_last.max <= 1
 
 

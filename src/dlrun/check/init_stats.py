@@ -162,8 +162,9 @@ def activation_stats(pairs: list[tuple[str, str]] | tuple[str, ...] = DEFAULT_PA
                     saturated = ((x < low + SATURATION_MARGIN) | (x > high - SATURATION_MARGIN)).float().mean().item()
                 stats.layers.append(LayerStats(layer, mean.item(), std.item(), saturated))
                 if writer is not None and writer.writer is not None:
-                    writer.writer.add_histogram(stats.name, x, global_step=layer)
-                    writer.scalars({f"{stats.name}/mean": mean.item(), f"{stats.name}/std": std.item()}, layer)
+                    writer.writer.add_histogram(f"check/init/{stats.name}", x, global_step=layer)
+                    writer.scalars({f"check/init/{stats.name}/mean": mean.item(), f"check/init/{stats.name}/std": std.item()},
+                                   layer)
             results.append(stats)
     return results
 

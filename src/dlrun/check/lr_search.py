@@ -179,7 +179,7 @@ def lr_search(context: Context) -> list[Line]:
         grid.append(line)
         for step, loss in enumerate(losses, 1):
             if math.isfinite(loss):
-                context.writer.scalars({f"lr/{lr:g}/loss": loss}, step)
+                context.writer.scalars({f"check/lr/{lr:g}/loss": loss}, step)
 
     lines = list(grid)
     good = [line for line in grid if line.verdict == "ok"]
@@ -217,7 +217,7 @@ def lr_search(context: Context) -> list[Line]:
                                   f"a tenth of it: {lowest_lr / 10:.2g}", "ok",
                                   "the range test's usual pick is a tenth of the lr of the lowest loss", data_line))
             for i, (lr, value) in enumerate(range_points):
-                context.writer.scalars({"range/smoothed_loss": value, "range/lr": lr}, i + 1)
+                context.writer.scalars({"check/range/smoothed_loss": value, "check/range/lr": lr}, i + 1)
 
     path = context.out / "lr.png"
     if any(math.isfinite(line.data["start"]) for line in grid):
