@@ -185,3 +185,23 @@ def test_overrides_on_a_saved_config_land_as_hydras_own_function_puts_them(overr
 
     ours = applied(lambda parsed, cfg: [apply_override(o, cfg) for o in parsed])
     assert ours == applied(ConfigLoaderImpl._apply_overrides_to_config)
+
+
+def test_a_run_that_named_a_relative_data_path_evaluates_from_another_directory(tmp_path):
+    """The saved config holds data.path made absolute: eval from elsewhere reads the same file and
+    gives summary.json's test numbers."""
+    import numpy as np
+
+    (tmp_path / "here").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    np.savez(tmp_path / "here" / "blobs.npz", x_train=x[:200], y_train=y[:200], x_test=x[200:], y_test=y[200:])
+    trained = dlrun_here("train", "data=arrays", "data.path=blobs.npz", "trainer.epochs=1", "model.hidden=[8]",
+                         f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path / "here")
+    assert trained.returncode == 0, trained.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    result = dlrun_here("eval", f"ckpt={tmp_path / 'run'}", "--json", cwd=tmp_path / "elsewhere")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["test"] == summary["test"]

@@ -203,6 +203,17 @@ def build_parts(cfg: DictConfig, world: World = World()) -> Parts:
     return Parts(cfg, device, precision, data, loss, settings.pop("reg"), model, settings, world)
 
 
+def saved_config(cfg: DictConfig) -> dict[str, Any]:
+    """cfg as checkpoints keep it: resolved, with data.path and data.root made absolute (against the
+    directory training ran in), so that `dlrun eval` and a resume find the data from anywhere."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    data = config.get("data")
+    for key in ("path", "root"):
+        if isinstance(data, dict) and isinstance(data.get(key), str):
+            data[key] = os.path.abspath(os.path.expanduser(data[key]))
+    return config
+
+
 def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
     """The Trainer's keyword arguments that cfg sets. Their values are checked by the schemas
     (dlrun.schema.validate, which build_parts runs first), and only there; a key an older
@@ -216,7 +227,7 @@ def trainer_settings(cfg: DictConfig) -> dict[str, Any]:
     return dict(
         epochs=t.epochs, max_steps=get("trainer.max_steps"), reg=regularization(cfg), grad_clip=get("trainer.grad_clip"),
         monitor=str(t.monitor), seed=t.seed, log_every=cfg.logger.every, ratio_every=cfg.logger.ratio_every,
-        stop_at_epoch=get("trainer.stop_at_epoch"), config=OmegaConf.to_container(cfg, resolve=True),
+        stop_at_epoch=get("trainer.stop_at_epoch"), config=saved_config(cfg),
         ema_decay=get("trainer.ema_decay"), grad_clip_mode=get("trainer.grad_clip_mode", default="norm"),
         diagnostics=diagnostics, checkpoint_every_steps=get("trainer.checkpoint_every_steps"),
         # A checkpoint's config from before augment= and eval= existed has neither: both off.
