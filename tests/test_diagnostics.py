@@ -75,7 +75,9 @@ def test_lenet_run_logs_saturation_and_the_first_conv_filters(tmp_path):
     images = acc.Tags()["images"]
     assert images == ["filters/features.0"]
     image = acc.Images("filters/features.0")[0]
-    assert image.step == 3 and image.width > 0 and image.height > 0  # one epoch (cut to 3 steps)
+    assert image.step == 3  # one epoch (cut to 3 steps)
+    # 6 filters of 5 x 5, each scaled 7x to 35 px (>= 32), in a 3 x 2 grid with 1 px of padding
+    assert (image.width, image.height) == (3 * 35 + 4, 2 * 35 + 3)
     scalars = set(acc.Tags()["scalars"])
     tanh_layers = [t.rsplit("/", 1)[0] for t in scalars if t.endswith("/saturated")]
     assert len(tanh_layers) >= 3  # LeNet's tanh after each conv and hidden Linear

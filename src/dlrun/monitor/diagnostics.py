@@ -36,7 +36,7 @@ from dlrun.models.layers import Maxout
 
 BINS = 30  # histogram bins between a tensor's min and max
 MAX_TILES = 64  # filters shown in the filters/ image
-TILE_PIXELS = 32  # small kernels are scaled up (nearest) to about this many pixels a side
+TILE_PIXELS = 32  # small kernels are scaled up (nearest) to at least this many pixels a side
 
 # The activation modules whose outputs are a "hidden layer" (ReLU6 is a Hardtanh: listed first).
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.GELU, nn.Softplus, nn.SiLU,
@@ -217,10 +217,11 @@ class Diagnostics:
             tiles = w[:MAX_TILES]
         else:  # one grayscale tile a (filter, input channel)
             tiles = w[:MAX_TILES].flatten(0, 1)[:MAX_TILES].unsqueeze(1)
-        scale = max(1, TILE_PIXELS // max(tiles.shape[-2:]))
+        scale = max(1, math.ceil(TILE_PIXELS / max(tiles.shape[-2:])))  # every filter at least TILE_PIXELS a side
         if scale > 1:
             tiles = nn.functional.interpolate(tiles, scale_factor=scale, mode="nearest")
-        grid = make_grid(tiles, nrow=8, padding=1, normalize=True, scale_each=True)
+        # A near-square grid (LeNet's 6 filters: 3 x 2, not a 1 x 6 strip a person must zoom into).
+        grid = make_grid(tiles, nrow=math.ceil(math.sqrt(len(tiles))), padding=1, normalize=True, scale_each=True)
         return f"filters/{name}", grid.cpu()
 
     def write_filters(self, writer: Any, step: int) -> None:
