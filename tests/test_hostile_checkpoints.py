@@ -367,3 +367,26 @@ def test_summary_json_holds_null_and_says_which_metric_was_not_finite(tmp_path, 
     text = (tmp_path / "run" / "summary.json").read_text()
     summary = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in summary.json"))
     assert summary["test"] == {"loss": None, "acc": 0.5} and summary["non_finite"] == ["test.loss"]
+
+
+def test_checkpoints_describe_the_inputs_their_weights_take(tmp_path):
+    """best.pt and last.pt carry the input's shape and layout, the outputs, the preprocessing with
+    the training split's statistics and the versions (issue 21's self-describing checkpoints): the
+    stored test images, preprocessed from those numbers alone, are what the run's data gives."""
+    import torch
+
+    from dlrun import __version__
+    from dlrun.build import build
+    from tests.conftest import make_config, train
+
+    train(tmp_path, "trainer.epochs=1", "model.hidden=[16]", "logger.hparams=false")
+    data = build(make_config("model.hidden=[16]")[0].data)
+    for name in ("best.pt", "last.pt"):
+        inputs = checkpoint.load(tmp_path / "checkpoints" / name)["inputs"]
+        assert (inputs["input_shape"], inputs["layout"], inputs["task"], inputs["num_outputs"]) == \
+            ([1, 8, 8], "image", "classification", 10)
+        assert (inputs["preprocess"], inputs["dlrun"], inputs["torch"]) == \
+            ("channel_standardize", __version__, torch.__version__)
+        stats = inputs["statistics"]
+        x = data.test.x.float() * (inputs["stored_scale"] or 1.0)
+        assert torch.equal(((x - stats["mean"]) / stats["std"]).float(), data.prepare(data.test.x))

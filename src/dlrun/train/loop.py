@@ -121,6 +121,7 @@ class Trainer:
         self.stop_reason: str | None = None  # a callback's (early stopping's) end of the run, and its line
         self.stop_message = ""
         self.shuffle = torch.Generator().manual_seed(settings.seed)  # saved and restored with the run
+        self.inputs = run_state.inputs(data)  # in every checkpoint: what using the weights needs
         self.window = LogWindow(writer, world, self.classification, self.device, self._diverged)
         own = dlrun_callbacks(self, settings.ratio_every, settings.diagnostics, settings.configured_lr)
         self.callbacks = Callbacks({**own, **(callbacks.named if callbacks else {})})

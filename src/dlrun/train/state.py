@@ -52,6 +52,7 @@ def state_dict(trainer: Trainer) -> dict[str, Any]:
         "train_samples": trainer.window.train_samples,
         "train_seconds": trainer.train_seconds,
         "config": trainer.config,
+        "inputs": trainer.inputs,
         "callbacks": trainer.callbacks.state_dict(),  # early stopping's count among them
     }
 
@@ -66,7 +67,22 @@ def best_payload(trainer: Trainer) -> dict[str, Any]:
     """best.pt: the best epoch's weights and what they scored."""
     best = trainer.best
     return {"model": best.state, "epoch": best.epoch, "monitor": trainer.monitor, "value": best.value,
-            "val": best.val, "config": trainer.config}
+            "val": best.val, "config": trainer.config, "inputs": trainer.inputs}
+
+
+def inputs(data: Any) -> dict[str, Any]:
+    """What using the weights outside a run needs to know of its data: the input's shape and
+    layout, the task and outputs (the class names where the dataset has them), the preprocessing
+    with the training split's statistics, and the versions that wrote it. Plain values and CPU
+    tensors: a weights_only load reads it."""
+    from dlrun import __version__
+
+    preprocess = data.preprocess
+    return {"input_shape": list(data.input_shape), "layout": data.layout, "task": data.task,
+            "num_outputs": data.num_outputs, "classes": list(data.classes) if data.classes else None,
+            "stored_scale": data.scale, "preprocess": preprocess.method,
+            "statistics": {k: v.detach().to("cpu", copy=True) for k, v in preprocess.stats.items()},
+            "dlrun": __version__, "torch": str(torch.__version__)}  # a str: TorchVersion is no plain value
 
 
 def load_state_dict(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
