@@ -4,6 +4,7 @@ resume in the same directory no epoch twice and none missing."""
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -47,3 +48,19 @@ def test_a_resume_in_the_same_directory_drops_the_rows_past_its_checkpoint(tmp_p
     assert [int(r["epoch"]) for r in resumed] == [1, 2, 3]
     for a, b in zip(resumed, whole):  # exact resume: the same numbers but the times
         assert {k: v for k, v in a.items() if k != "train_s"} == {k: v for k, v in b.items() if k != "train_s"}
+
+
+def test_dlrun_train_resume_of_a_run_directory_continues_in_it(tmp_path):
+    """`dlrun train trainer.resume=RUN` (no hydra.run.dir) continues in RUN itself: one summary.json,
+    one metrics.csv with every epoch once, one TensorBoard run; no new timestamped directory."""
+    from tests.conftest import dlrun_here
+
+    run = tmp_path / "my run, first"  # a space and a comma: the path stays one value
+    first = dlrun_here("train", *COMMON, "trainer.stop_at_epoch=1", f"hydra.run.dir='{run}'", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = dlrun_here("train", *COMMON, f"trainer.resume='{run}'", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs"] == 3 and summary["resumed"]["epoch"] == 1
+    assert [int(r["epoch"]) for r in rows(run)] == [1, 2, 3]
+    assert not (tmp_path / "outputs").exists() and len(list((run / "tb").glob("events.*"))) == 2

@@ -241,6 +241,22 @@ def devices_asked(args: list[str]) -> int:
     return devices
 
 
+def into_the_run_it_resumes(args: list[str]) -> list[str]:
+    """trainer.resume=RUN_DIR continues in RUN_DIR itself, as trainer.resume=auto does in its own:
+    one run's curves, metrics.csv and summary.json, not two half runs. Not when hydra.run.dir says
+    where to go, for a sweep (-m), or for a checkpoint file (a new run starts from it)."""
+    if any(a in ("-m", "--multirun") or a.lstrip("+").startswith("hydra.run.dir=") for a in args):
+        return args
+    values = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("trainer.resume=")]
+    value = values[-1] if values else ""
+    if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":  # Hydra's quoted string
+        value = value[1:-1]
+    run = Path(value).expanduser().resolve() if value else None
+    if run is None or not (run / "checkpoints").is_dir() or any(c in str(run) for c in "'\\$"):
+        return args
+    return [*args, f"hydra.run.dir='{run}'"]  # quoted: a path's spaces and commas stay one value
+
+
 def train(rest: list[str]) -> None:
     """`dlrun train`: one process, a rank of torchrun's (WORLD_SIZE set), or the launcher of N ranks."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -268,6 +284,8 @@ def train(rest: list[str]) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+    rest = into_the_run_it_resumes(rest)
+    sys.argv = [sys.argv[0], *rest]
     devices = devices_asked(rest)
     if devices > 1:
         from dlrun.train.distributed import launch, refuse_sweep
