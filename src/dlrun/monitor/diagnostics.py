@@ -230,7 +230,7 @@ class Diagnostics:
             writer.writer.add_image(image[0], image[1], step)
 
 
-def _lr_reference(group: dict[str, Any]) -> float:
+def lr_reference(group: dict[str, Any]) -> float:
     """A param group's full learning rate: OneCycle's max_lr, else what the schedule started from."""
     return float(group.get("max_lr", group.get("initial_lr", group["lr"])))
 
@@ -242,7 +242,7 @@ class RatioWatch:
                  configured_lr: float | None = None):
         self.weights = {name for name, p in named_params if p.ndim > 1}
         self.optimizer = optimizer
-        self.reference = _lr_reference(optimizer.param_groups[0])
+        self.reference = lr_reference(optimizer.param_groups[0])
         self.configured_lr = configured_lr if configured_lr is not None else self.reference
         self.largest: dict[str, float] = {}  # each tensor's largest ratio of the whole run, settling included
         self.reset()

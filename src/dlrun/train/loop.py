@@ -27,7 +27,7 @@ from dlrun import checkpoint
 from dlrun.data import Data, Split, StreamedSplit
 from dlrun.data.augment import Augment
 from dlrun.errors import UserError
-from dlrun.monitor.diagnostics import DiagnosticsSettings
+from dlrun.monitor.diagnostics import DiagnosticsSettings, lr_reference
 from dlrun.monitor.progress import StepProgress
 from dlrun.monitor.tensorboard import RunWriter
 from dlrun.optim import after_optimizer_step, after_validation
@@ -309,7 +309,7 @@ class Trainer:
         """The one-line message for a run whose loss went non-finite: what, the likely cause, the fix,
         and the last good checkpoint (none ever holds diverged weights: see fit)."""
         lr = self.settings.configured_lr
-        lr = run_state.reference_lr(self.optimizer) if lr is None else lr
+        lr = lr_reference(self.optimizer.param_groups[0]) if lr is None else lr
         now = self.optimizer.param_groups[0]["lr"]
         lr_text = f"now {lr:g}" + (f", {now:g} when it diverged" if not math.isclose(now, lr, rel_tol=1e-6) else "")
         if self.checkpoint_dir is None:

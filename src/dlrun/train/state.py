@@ -23,12 +23,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("dlrun")
 
 
-def reference_lr(optimizer: torch.optim.Optimizer) -> float:
-    """A param group's full learning rate: OneCycle's max_lr, else what the schedule started from."""
-    group = optimizer.param_groups[0]
-    return float(group.get("max_lr", group.get("initial_lr", group["lr"])))
-
-
 def state_dict(trainer: Trainer) -> dict[str, Any]:
     """Everything a resumed run needs to continue exactly where `trainer` is."""
     rng = _rng_state(trainer)
